@@ -1,0 +1,43 @@
+# Every target installs what it needs: a fresh Debian machine with Python 3.11 is enough.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+ARGS   ?=
+
+.PHONY: install run test protos lint bench clean .promtool
+
+# venv and pip come from Debian's python3-venv when the interpreter lacks them.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+		{ $(APT) update -qq && $(APT) install -y -qq python3-venv; }
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# promtool (Debian's prometheus package) lints the /metrics exposition in the tests.
+.promtool:
+	@command -v promtool >/dev/null || \
+		{ $(APT) update -qq && $(APT) install -y -qq --no-install-recommends prometheus; }
+
+run: $(STAMP)
+	$(BIN)/aigw serve $(ARGS)
+
+test: $(STAMP) .promtool
+	$(BIN)/python -m pytest $(ARGS)
+
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
+		--grpc_python_out=protos protos/aigw/v1/*.proto
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

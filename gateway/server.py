@@ -1,0 +1,154 @@
+"""Gateway bootstrap: build the parts, serve, and shut down in order.
+
+Start-up builds downstream first (telemetry, router) so the first request finds everything in
+place. Shutdown goes upstream first and drains each stage: health NOT_SERVING (load balancers
+stop sending), `server.stop(grace)` (in-flight calls and streams finish), providers closed, span
+and metric pipelines flushed under one deadline, trace store closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2, completion_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from admin.servicer import AdminServicer
+from gateway.completion import CompletionServicer
+from gateway.config import GatewayConfig, parse_listen_address
+from gateway.metrics_http import MetricsServer
+from gateway.router import Router
+from gateway.telemetry.interceptor import TelemetryInterceptor
+from gateway.telemetry.pipeline import Telemetry
+
+__all__ = ["Gateway", "serve"]
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    completion_pb2.DESCRIPTOR.services_by_name["Completion"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+# Time left after the grace period to flush telemetry before the process gives up on it.
+_FLUSH_SECONDS = 5.0
+
+
+class Gateway:
+    """One gateway instance: gRPC server, metrics side-port, telemetry. Start once, stop once."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._router: Router | None = None
+        self.telemetry: Telemetry | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._stopped = False
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.server.state_dir
+
+    async def start(self) -> None:
+        server_cfg = self.config.server
+        host, port = parse_listen_address(server_cfg.listen)
+        metrics_host, metrics_port = parse_listen_address(server_cfg.metrics_listen)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+        self.telemetry = telemetry = Telemetry(self.config.telemetry, self.state_dir)
+        self._router = Router(self.config.routes)
+        interceptor = TelemetryInterceptor(telemetry.tracer, telemetry.metrics, host, port)
+        limit = server_cfg.max_message_bytes
+        self._server = server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        completion_pb2_grpc.add_CompletionServicer_to_server(
+            CompletionServicer(self._router, telemetry.genai), server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(telemetry.store), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{_bracket(host)}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {server_cfg.listen}")
+        interceptor.set_server_port(self.port)
+
+        self._metrics_server = MetricsServer(telemetry.registry, metrics_host, metrics_port)
+        self._metrics_server.start()
+        self.metrics_port = self._metrics_server.port
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call twice and after a failed start."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.server.grace_period_seconds if grace is None else grace
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._router is not None:
+            await self._router.aclose()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        if self.telemetry is not None:
+            deadline = time.monotonic() + _FLUSH_SECONDS
+            await asyncio.to_thread(self.telemetry.shutdown, deadline)
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(config: GatewayConfig) -> int:
+    """Run until SIGTERM or SIGINT; answer the process exit code."""
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        _log.info(
+            "aigw serving gRPC on %s:%d, metrics on http://%s:%d/metrics, routes: %s",
+            parse_listen_address(config.server.listen)[0],
+            gateway.port,
+            parse_listen_address(config.server.metrics_listen)[0],
+            gateway.metrics_port,
+            ", ".join(sorted(config.routes)),
+        )
+        await stop.wait()
+        _log.info(
+            "shutting down: draining in-flight calls for up to %gs",
+            config.server.grace_period_seconds,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await gateway.stop()
+    _log.info("aigw stopped")
+    return 0

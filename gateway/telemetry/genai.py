@@ -1,0 +1,248 @@
+"""The GenAI client span and metrics around one upstream call.
+
+The servicer opens an `UpstreamCall` per provider call; it owns the CLIENT span
+`chat {gen_ai.request.model}` (GenAI semantic conventions) and records duration, token usage,
+time to first token, time per output token and cost when the call ends. Providers never touch
+telemetry, and the span is current while they run so their HTTP requests carry `traceparent`.
+
+Prompt and completion text go on the span only when the operator opts in
+(`telemetry.record_content`), as `gen_ai.input.messages` / `gen_ai.output.messages`, capped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from gateway.chat import ChatMessage, ChatRequest
+from gateway.config import RouteConfig, TelemetryConfig
+from gateway.errors import GatewayError
+from gateway.telemetry.catalog import Attr
+from gateway.telemetry.labels import MetadataLabels
+from gateway.telemetry.metrics import Attributes, GatewayMetrics
+
+__all__ = ["GenAITelemetry", "UpstreamCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class _AttrSets:
+    base: Attributes
+    input: Attributes
+    output: Attributes
+    cost: Attributes
+
+
+class GenAITelemetry:
+    def __init__(self, tracer: Tracer, metrics: GatewayMetrics, config: TelemetryConfig) -> None:
+        self._tracer = tracer
+        self._metrics = metrics
+        self._record_content = config.record_content
+        self._content_cap = config.content_max_chars
+        self._labels = MetadataLabels(config.metadata_labels, config.metadata_label_max_values)
+        # Metric attribute sets are few (routes × response models × outcomes × label values)
+        # and rebuilding them per request costs more than the records themselves.
+        self._attr_sets: dict[tuple[str, ...], _AttrSets] = {}
+
+    @property
+    def records_content(self) -> bool:
+        return self._record_content
+
+    def attr_sets(
+        self,
+        route: RouteConfig,
+        provider: str,
+        response_model: str,
+        error_type: str,
+        labels: tuple[tuple[str, str], ...],
+    ) -> _AttrSets:
+        key = (route.name, provider, response_model, error_type, *(v for _, v in labels))
+        sets = self._attr_sets.get(key)
+        if sets is None:
+            base: dict[str, str | int | float | bool] = {
+                Attr.OPERATION: "chat",
+                Attr.PROVIDER: provider,
+                Attr.REQUEST_MODEL: route.model,
+                Attr.RESPONSE_MODEL: response_model,
+                Attr.ROUTE: route.name,
+            }
+            if error_type:
+                base[Attr.ERROR_TYPE] = error_type
+            base.update(labels)
+            sets = _AttrSets(
+                base=base,
+                input={**base, Attr.TOKEN_TYPE: "input"},
+                output={**base, Attr.TOKEN_TYPE: "output"},
+                cost={
+                    Attr.PROVIDER: provider,
+                    Attr.REQUEST_MODEL: route.model,
+                    Attr.ROUTE: route.name,
+                    **dict(labels),
+                },
+            )
+            if len(self._attr_sets) < 10_000:
+                self._attr_sets[key] = sets
+        return sets
+
+    def start(
+        self,
+        *,
+        route: RouteConfig,
+        provider: str,
+        server_address: str | None,
+        server_port: int | None,
+        request: ChatRequest,
+        metadata: Mapping[str, str],
+        stream: bool,
+    ) -> UpstreamCall:
+        attributes: dict[str, str | int | float | bool | tuple[str, ...]] = {
+            Attr.OPERATION: "chat",
+            Attr.PROVIDER: provider,
+            Attr.REQUEST_MODEL: request.model,
+            Attr.ROUTE: route.name,
+            "gen_ai.request.stream": stream,
+        }
+        if request.max_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            attributes["gen_ai.request.temperature"] = request.temperature
+        if request.top_p is not None:
+            attributes["gen_ai.request.top_p"] = request.top_p
+        if request.stop:
+            attributes["gen_ai.request.stop_sequences"] = request.stop
+        if server_address:
+            attributes[Attr.SERVER_ADDRESS] = server_address
+        if server_port:
+            attributes[Attr.SERVER_PORT] = server_port
+        if self._record_content:
+            attributes["gen_ai.input.messages"] = self._cap(_messages_json(request.messages))
+        span = self._tracer.start_span(
+            f"chat {request.model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+        labels = self._labels.labels(metadata) if self._labels.enabled else ()
+        return UpstreamCall(self, span, route, provider, labels, stream)
+
+    def _cap(self, text: str) -> str:
+        if len(text) <= self._content_cap:
+            return text
+        return text[: self._content_cap] + "…[truncated]"
+
+
+def _messages_json(messages: tuple[ChatMessage, ...]) -> str:
+    return json.dumps(
+        [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in messages],
+        ensure_ascii=False,
+    )
+
+
+class UpstreamCall:
+    """One provider call: `with call.active():` around it, then exactly one of the endings."""
+
+    __slots__ = (
+        "_ended",
+        "_first_chunk_at",
+        "_labels",
+        "_owner",
+        "_provider",
+        "_route",
+        "_started",
+        "_stream",
+        "span",
+    )
+
+    def __init__(
+        self,
+        owner: GenAITelemetry,
+        span: trace.Span,
+        route: RouteConfig,
+        provider: str,
+        labels: tuple[tuple[str, str], ...],
+        stream: bool,
+    ) -> None:
+        self._owner = owner
+        self.span = span
+        self._route = route
+        self._provider = provider
+        self._labels = labels
+        self._stream = stream
+        self._started = time.perf_counter()
+        self._first_chunk_at: float | None = None
+        self._ended = False
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with trace.use_span(self.span, end_on_exit=False, record_exception=False):
+            yield
+
+    def first_chunk(self, response_model: str) -> None:
+        """Call on the first content chunk of a stream."""
+        if self._first_chunk_at is not None:
+            return
+        self._first_chunk_at = time.perf_counter()
+        ttft = self._first_chunk_at - self._started
+        self.span.set_attribute("gen_ai.response.time_to_first_chunk", ttft)
+        sets = self._owner.attr_sets(self._route, self._provider, response_model, "", self._labels)
+        self._owner._metrics.time_to_first_token(sets.base, ttft)
+
+    def succeed(
+        self,
+        *,
+        response_id: str,
+        response_model: str,
+        finish_reason: str,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        content: str | None = None,
+    ) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        elapsed = time.perf_counter() - self._started
+        span = self.span
+        span.set_attribute(Attr.RESPONSE_MODEL, response_model)
+        if response_id:
+            span.set_attribute("gen_ai.response.id", response_id)
+        span.set_attribute("gen_ai.response.finish_reasons", (finish_reason,))
+        owner = self._owner
+        sets = owner.attr_sets(self._route, self._provider, response_model, "", self._labels)
+        metrics = owner._metrics
+        metrics.genai_finished(sets.base, elapsed)
+        if input_tokens is not None and output_tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+            metrics.tokens(sets.input, sets.output, input_tokens, output_tokens)
+            route = self._route
+            if route.priced:
+                usd = (
+                    (route.price_input_per_mtok or 0.0) * input_tokens
+                    + (route.price_output_per_mtok or 0.0) * output_tokens
+                ) / 1_000_000
+                metrics.cost(sets.cost, usd)
+            if self._stream and self._first_chunk_at is not None and output_tokens > 1:
+                per_token = (time.perf_counter() - self._first_chunk_at) / (output_tokens - 1)
+                metrics.time_per_output_token(sets.base, per_token)
+        if content is not None and owner._record_content:
+            span.set_attribute(
+                "gen_ai.output.messages",
+                owner._cap(_messages_json((ChatMessage("assistant", content),))),
+            )
+        span.end()
+
+    def fail(self, error: GatewayError | None, *, error_type: str = "", message: str = "") -> None:
+        """End with an error: a GatewayError, or a bare error type such as "cancelled"."""
+        if self._ended:
+            return
+        self._ended = True
+        error_type = error.error_type if error is not None else error_type
+        message = error.message if error is not None else message
+        elapsed = time.perf_counter() - self._started
+        self.span.set_attribute(Attr.ERROR_TYPE, error_type)
+        self.span.set_status(Status(StatusCode.ERROR, message))
+        sets = self._owner.attr_sets(self._route, self._provider, "", error_type, self._labels)
+        self._owner._metrics.genai_finished(sets.base, elapsed)
+        self.span.end()

@@ -1,0 +1,207 @@
+"""The server interceptor: one SERVER span and the RPC metrics for every `aigw.*` call.
+
+Why our own and not opentelemetry-instrumentation-grpc: that package emits no metrics, uses the
+pre-1.37 attribute names and a span name with a leading slash, and breaks coroutine-style aio
+server-streaming handlers. This one follows the current RPC conventions: span name
+`aigw.v1.Completion/Complete`, `rpc.system.name`, `rpc.method`, `rpc.response.status_code`
+(the status name as a string), `error.type` on any non-OK status, server and peer address.
+Span status is ERROR only for the codes the conventions call server errors (UNKNOWN,
+DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS); a client's bad request is
+not the server's failure.
+
+A W3C `traceparent`/`baggage` in the request metadata makes the span a child of the caller's.
+Health checks and reflection are not traced: a probe every few seconds would bury real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from gateway.telemetry.catalog import Attr
+from gateway.telemetry.metrics import Attributes, GatewayMetrics
+
+__all__ = ["TelemetryInterceptor", "parse_peer"]
+
+_TRACED_PREFIX = "/aigw."
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def parse_peer(peer: str) -> tuple[str, int | None]:
+    """`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`, `unix:/path` → (address, port)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, port = rest.rpartition(":")
+        return host.strip("[]"), int(port) if port.isdigit() else None
+    return rest or peer, None
+
+
+class _Method:
+    """What is fixed for one RPC method, computed once."""
+
+    __slots__ = ("by_code", "metric_attrs", "name", "span_attrs")
+
+    def __init__(self, name: str, server_address: str, server_port: int) -> None:
+        self.name = name
+        self.metric_attrs: Attributes = {Attr.RPC_METHOD: name}
+        self.span_attrs: dict[str, str | int] = {
+            Attr.RPC_SYSTEM: "grpc",
+            Attr.RPC_METHOD: name,
+            Attr.SERVER_ADDRESS: server_address,
+            Attr.SERVER_PORT: server_port,
+        }
+        self.by_code: dict[grpc.StatusCode, Attributes] = {
+            code: {Attr.RPC_SYSTEM: "grpc", Attr.RPC_METHOD: name, Attr.RPC_STATUS: code.name}
+            for code in grpc.StatusCode
+        }
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self, tracer: Tracer, metrics: GatewayMetrics, server_address: str, server_port: int
+    ) -> None:
+        self._tracer = tracer
+        self._metrics = metrics
+        self._server_address = server_address
+        self._server_port = server_port
+        self._methods: dict[str, _Method] = {}
+
+    def set_server_port(self, port: int) -> None:
+        """The port is known only once the server has bound (port 0 in tests)."""
+        self._server_port = port
+        self._methods.clear()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        path: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not path.startswith(_TRACED_PREFIX):
+            return handler
+        method = self._methods.get(path)
+        if method is None:
+            method = _Method(path[1:], self._server_address, self._server_port)
+            self._methods[path] = method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _start(
+        self, method: _Method, context: grpc.aio.ServicerContext
+    ) -> tuple[trace.Span, object, float]:
+        metadata = context.invocation_metadata() or ()
+        carrier = {k: v for k, v in metadata if isinstance(v, str)}
+        parent = propagate.extract(carrier) if "traceparent" in carrier else None
+        address, port = parse_peer(context.peer())
+        span = self._tracer.start_span(
+            method.name, context=parent, kind=SpanKind.SERVER, attributes=method.span_attrs
+        )
+        span.set_attribute(Attr.PEER_ADDRESS, address)
+        if port is not None:
+            span.set_attribute(Attr.PEER_PORT, port)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        self._metrics.rpc_started(method.metric_attrs)
+        return span, token, time.perf_counter()
+
+    def _finish(
+        self,
+        method: _Method,
+        span: trace.Span,
+        token: object,
+        started: float,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+        span.set_attribute(Attr.RPC_STATUS, code.name)
+        if code is not grpc.StatusCode.OK:
+            span.set_attribute(Attr.ERROR_TYPE, code.name)
+            if code in _SERVER_ERRORS:
+                span.set_status(Status(StatusCode.ERROR, message))
+        span.end()
+        self._metrics.rpc_finished(
+            method.metric_attrs, method.by_code[code], time.perf_counter() - started
+        )
+
+    def _wrap_unary(
+        self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: _Method
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            span, token, started = self._start(method, context)
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                response = await behavior(request, context)
+                code, message = _status_of(context)
+                return response
+            except asyncio.CancelledError:
+                code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
+                raise
+            except BaseException as e:
+                code, message = _status_of(context, e)
+                raise
+            finally:
+                self._finish(method, span, token, started, code, message)
+
+        return unary
+
+    def _wrap_stream(
+        self, behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], method: _Method
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            span, token, started = self._start(method, context)
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                async for item in behavior(request, context):
+                    yield item
+                code, message = _status_of(context)
+            except (asyncio.CancelledError, GeneratorExit):
+                code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
+                raise
+            except BaseException as e:
+                code, message = _status_of(context, e)
+                raise
+            finally:
+                self._finish(method, span, token, started, code, message)
+
+        return stream
+
+
+def _status_of(
+    context: grpc.aio.ServicerContext, error: BaseException | None = None
+) -> tuple[grpc.StatusCode, str]:
+    """The status the call ends with: what the servicer set or aborted with, else from `error`."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and (code is not grpc.StatusCode.OK or error is None):
+        details = context.details()
+        return code, details.decode() if isinstance(details, bytes) else (details or "")
+    if error is None:
+        return grpc.StatusCode.OK, ""
+    return grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"

@@ -1,0 +1,84 @@
+"""Shared fixtures: real gateways on ephemeral loopback ports, with a state dir per test."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aigw.v1 import admin_pb2_grpc, completion_pb2, completion_pb2_grpc
+
+from gateway.config import GatewayConfig, RouteConfig, ServerConfig, TelemetryConfig
+from gateway.server import Gateway
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+def make_config(
+    state_dir: Path,
+    *,
+    routes: Mapping[str, RouteConfig] | None = None,
+    telemetry: TelemetryConfig | None = None,
+    **server: Any,
+) -> GatewayConfig:
+    base = GatewayConfig()
+    return GatewayConfig(
+        server=ServerConfig(
+            listen="127.0.0.1:0",
+            metrics_listen="127.0.0.1:0",
+            state_dir=state_dir,
+            grace_period_seconds=server.pop("grace_period_seconds", 2.0),
+            **server,
+        ),
+        telemetry=telemetry or TelemetryConfig(),
+        routes=routes if routes is not None else base.routes,
+    )
+
+
+@pytest.fixture
+async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    started: list[Gateway] = []
+
+    async def start(state_dir: Path | None = None, **kwargs: Any) -> Gateway:
+        gw = Gateway(make_config(state_dir or tmp_path / f"state{len(started)}", **kwargs))
+        started.append(gw)
+        await gw.start()
+        return gw
+
+    yield start
+    for gw in reversed(started):
+        await gw.stop(grace=0.5)
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> Gateway:
+    return await gateway_factory()
+
+
+@pytest.fixture
+async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def completion(channel: grpc.aio.Channel) -> completion_pb2_grpc.CompletionStub:
+    return completion_pb2_grpc.CompletionStub(channel)
+
+
+@pytest.fixture
+def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(channel)
+
+
+def chat(text: str = "hello there", model: str = "echo", **kwargs: Any) -> completion_pb2.CompleteRequest:
+    return completion_pb2.CompleteRequest(
+        model=model, messages=[completion_pb2.Message(role="user", content=text)], **kwargs
+    )
+
+
+def replace_route(route: RouteConfig, **changes: Any) -> RouteConfig:
+    return dataclasses.replace(route, **changes)
