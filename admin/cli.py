@@ -1,0 +1,277 @@
+"""`aigw-admin`: the AdminService from a terminal.
+
+    aigw-admin traces list [--model M] [--status ok|error] [--since 1h] [--min-duration 250ms]
+    aigw-admin traces show TRACE_ID
+    aigw-admin otel get
+    aigw-admin otel set --traces-enabled true --traces-protocol http \\
+        --traces-endpoint https://otlp.example.com/v1/traces --traces-header authorization=KEY
+    aigw-admin otel test --metrics-protocol grpc --metrics-endpoint http://127.0.0.1:4317
+
+`otel set` and `otel test` start from the gateway's current config (Get), change only the
+flags given, and `set` sends the version it started from, so two operators editing at once
+cannot overwrite each other silently. Header values never come back from the gateway: they are
+shown masked, and a masked value sent back keeps the stored secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+from aigw.v1 import admin_pb2, admin_pb2_grpc, otel_config_pb2, traces_pb2
+from google.protobuf import duration_pb2, json_format
+
+__all__ = ["main", "parse_duration", "render_waterfall"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_SECTIONS = ("traces", "metrics")
+
+
+def parse_duration(text: str) -> float:
+    """`250ms`, `5s`, `1.5m`, `2h`, `7d` → seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 250ms, 5s, 1m, 2h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "on", "yes", "1"):
+        return True
+    if text.lower() in ("false", "off", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
+def _to_duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _add_exporter_flags(parser: argparse.ArgumentParser) -> None:
+    for section in _SECTIONS:
+        group = parser.add_argument_group(f"{section} exporter")
+        flag = f"--{section}-"
+        group.add_argument(flag + "enabled", type=_bool, metavar="true|false")
+        group.add_argument(flag + "protocol", choices=["http", "grpc"])
+        group.add_argument(flag + "endpoint", metavar="URL", help="the complete URL")
+        group.add_argument(flag + "encoding", choices=["proto", "json"], help="HTTP only")
+        group.add_argument(
+            flag + "header", type=_header, action="append", metavar="NAME=VALUE", default=[]
+        )
+        group.add_argument(
+            flag + "clear-headers", action="store_true", help="drop the stored headers first"
+        )
+        group.add_argument(flag + "timeout", type=parse_duration, metavar="DURATION")
+        group.add_argument(flag + "compression", choices=["none", "gzip"])
+        if section == "metrics":
+            group.add_argument("--metrics-interval", type=parse_duration, metavar="DURATION")
+            group.add_argument("--metrics-temporality", choices=["cumulative", "delta"])
+
+
+def _edit(
+    config: otel_config_pb2.OtelConfig, args: argparse.Namespace
+) -> otel_config_pb2.OtelConfig:
+    """A config holding only the sections the flags touch, each edited from the current one."""
+    edited = otel_config_pb2.OtelConfig()
+    for section in _SECTIONS:
+        values = {k[len(section) + 1 :]: v for k, v in vars(args).items() if k.startswith(section)}
+        touched = any(v not in (None, [], False) for v in values.values())
+        if not touched:
+            continue
+        current = getattr(config, section)
+        target = getattr(edited, section)
+        target.CopyFrom(current)
+        if values["clear_headers"]:
+            target.ClearField("headers")
+        if values["enabled"] is not None:
+            target.enabled = values["enabled"]
+        if values["protocol"]:
+            target.protocol = otel_config_pb2.Protocol.Value(f"PROTOCOL_{values['protocol'].upper()}")
+        if values["endpoint"] is not None:
+            target.endpoint = values["endpoint"]
+        if values["encoding"]:
+            target.encoding = otel_config_pb2.Encoding.Value(f"ENCODING_{values['encoding'].upper()}")
+        for name, value in values["header"]:
+            target.headers[name] = value
+        if values["timeout"] is not None:
+            target.timeout.CopyFrom(_to_duration(values["timeout"]))
+        if values["compression"]:
+            target.compression = otel_config_pb2.Compression.Value(
+                f"COMPRESSION_{values['compression'].upper()}"
+            )
+        if section == "metrics":
+            if values["interval"] is not None:
+                target.export_interval.CopyFrom(_to_duration(values["interval"]))
+            if values["temporality"]:
+                target.temporality = otel_config_pb2.Temporality.Value(
+                    f"TEMPORALITY_{values['temporality'].upper()}"
+                )
+    return edited
+
+
+def _print_json(message: object) -> None:
+    print(json_format.MessageToJson(message, indent=2))  # type: ignore[arg-type]
+
+
+def _ms(seconds: int, nanos: int) -> float:
+    return seconds * 1000 + nanos / 1e6
+
+
+def render_waterfall(spans: Sequence[traces_pb2.Span], width: int = 40) -> str:
+    """Spans as an indented tree with bars on a shared time axis."""
+    if not spans:
+        return "(no spans)"
+    starts = {s.span_id: _ms(s.start_time.seconds, s.start_time.nanos) for s in spans}
+    ends = {s.span_id: _ms(s.end_time.seconds, s.end_time.nanos) for s in spans}
+    t0, t1 = min(starts.values()), max(ends.values())
+    total = max(t1 - t0, 1e-9)
+    ids = {s.span_id for s in spans}
+    children: dict[str, list[traces_pb2.Span]] = {}
+    for s in sorted(spans, key=lambda s: starts[s.span_id]):
+        parent = s.parent_span_id if s.parent_span_id in ids else ""
+        children.setdefault(parent, []).append(s)
+    lines = [f"{'offset':>9} {'duration':>10}  {'':{width}}  span"]
+
+    def walk(parent: str, depth: int) -> None:
+        for s in children.get(parent, []):
+            begin, end = starts[s.span_id] - t0, ends[s.span_id] - t0
+            left = int(begin / total * width)
+            length = max(1, round((end - begin) / total * width))
+            bar = (" " * left + "█" * length)[:width].ljust(width)
+            status = "" if s.status.code != "ERROR" else f"  ERROR {s.status.message}"
+            code = s.attributes.fields.get("rpc.response.status_code")
+            suffix = f" [{code.string_value}]" if code is not None else ""
+            lines.append(
+                f"{begin:8.2f}ms {end - begin:8.2f}ms  {bar}  "
+                f"{'  ' * depth}{s.name} ({s.kind}){suffix}{status}"
+            )
+            walk(s.span_id, depth + 1)
+
+    walk("", 0)
+    return "\n".join(lines)
+
+
+def _list_traces(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    request = admin_pb2.ListTracesRequest(model=args.model or "", page_size=args.limit)
+    if args.status:
+        request.status = traces_pb2.TraceStatusFilter.Value(f"TRACE_STATUS_FILTER_{args.status.upper()}")
+    if args.since is not None:
+        request.start_time_min.FromNanoseconds(time.time_ns() - round(args.since * 1e9))
+    if args.min_duration is not None:
+        request.min_duration.CopyFrom(_to_duration(args.min_duration))
+    if args.page_token:
+        request.page_token = args.page_token
+    reply = stub.ListTraces(request, metadata=meta, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
+    print(f"{'trace_id':32}  {'start (UTC)':23}  {'duration':>10}  {'status':6}  {'code':18}  model")
+    for t in reply.traces:
+        start = t.start_time.ToDatetime().isoformat(sep=" ", timespec="milliseconds")
+        ms = _ms(t.duration.seconds, t.duration.nanos)
+        print(
+            f"{t.trace_id}  {start:23}  {ms:8.2f}ms  {t.status:6}  {t.rpc_status_code:18}  "
+            f"{t.model}"
+        )
+    if reply.next_page_token:
+        print(f"more: --page-token {reply.next_page_token}")
+    return 0
+
+
+def _show_trace(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    reply = stub.GetTrace(
+        admin_pb2.GetTraceRequest(trace_id=args.trace_id), metadata=meta, timeout=args.timeout
+    )
+    if args.json:
+        _print_json(reply)
+    else:
+        print(f"trace {reply.trace_id}")
+        print(render_waterfall(reply.spans))
+    return 0
+
+
+def _otel(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    current = stub.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), metadata=meta, timeout=args.timeout)
+    if args.action == "get":
+        _print_json(current)
+        return 0
+    edited = _edit(current.config, args)
+    if not edited.HasField("traces") and not edited.HasField("metrics"):
+        print("aigw-admin: nothing to change: give --traces-* or --metrics-* flags", file=sys.stderr)
+        return 2
+    if args.action == "set":
+        reply = stub.SetOtelConfig(
+            admin_pb2.SetOtelConfigRequest(config=edited, expected_version=current.version),
+            metadata=meta,
+            timeout=args.timeout,
+        )
+        _print_json(reply)
+        return 0
+    result = stub.TestOtelConfig(
+        admin_pb2.TestOtelConfigRequest(config=edited), metadata=meta, timeout=args.timeout
+    )
+    _print_json(result)
+    failed = [r for r in (result.traces, result.metrics) if r.ByteSize() and not r.success]
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aigw-admin", description="aigw AdminService client")
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("AIGW_ADDR", "127.0.0.1:50051"),
+        help="gateway HOST:PORT (env AIGW_ADDR; default 127.0.0.1:50051)",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    traces = commands.add_parser("traces", help="the gateway's trace store")
+    traces_cmd = traces.add_subparsers(dest="action", required=True)
+    listing = traces_cmd.add_parser("list", help="newest traces first")
+    listing.add_argument("--model", help="only this route")
+    listing.add_argument("--status", choices=["ok", "error"])
+    listing.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 1h")
+    listing.add_argument("--min-duration", type=parse_duration, metavar="DURATION")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--page-token")
+    listing.add_argument("--json", action="store_true")
+    show = traces_cmd.add_parser("show", help="one trace as a waterfall")
+    show.add_argument("trace_id")
+    show.add_argument("--json", action="store_true")
+
+    otel = commands.add_parser("otel", help="OTLP export config")
+    otel_cmd = otel.add_subparsers(dest="action", required=True)
+    otel_cmd.add_parser("get", help="the effective config (headers masked) and exporter health")
+    _add_exporter_flags(otel_cmd.add_parser("set", help="change and apply at once"))
+    _add_exporter_flags(otel_cmd.add_parser("test", help="one real export, nothing saved"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    token = os.environ.get("AIGW_ADMIN_TOKEN", "")
+    meta = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(args.addr) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        try:
+            if args.command == "traces":
+                return (_list_traces if args.action == "list" else _show_trace)(stub, args, meta)
+            return _otel(stub, args, meta)
+        except grpc.RpcError as e:
+            print(f"aigw-admin: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
