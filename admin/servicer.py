@@ -7,9 +7,14 @@ import re
 from typing import Any
 
 import grpc
-from aigw.v1 import admin_pb2, admin_pb2_grpc, traces_pb2
+from aigw.v1 import admin_pb2, admin_pb2_grpc, otel_config_pb2, traces_pb2
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
+from admin.config_manager import OtelConfigManager, StaleVersion
+from admin.config_store import ConfigStoreError
+from admin.otel_config import InvalidConfig, to_proto
+from gateway.telemetry.export_stats import ExportStats
+from gateway.telemetry.pipeline import Telemetry
 from gateway.telemetry.trace_store import StoredSpan, TraceStore, TraceSummary
 
 __all__ = ["AdminServicer"]
@@ -74,9 +79,83 @@ def _ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
 
+def _health(stats: ExportStats) -> otel_config_pb2.ExporterHealth:
+    snap = stats.snapshot()
+    health = otel_config_pb2.ExporterHealth(
+        last_error=snap.last_error,
+        exported=snap.exported,
+        failed=snap.failed,
+        dropped=snap.dropped,
+    )
+    if snap.last_success_ns:
+        health.last_success_time.CopyFrom(_timestamp(snap.last_success_ns))
+    if snap.last_error_ns:
+        health.last_error_time.CopyFrom(_timestamp(snap.last_error_ns))
+    return health
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: TraceStore) -> None:
-        self._store = store
+    def __init__(self, telemetry: Telemetry, manager: OtelConfigManager) -> None:
+        self._store: TraceStore = telemetry.store
+        self._telemetry = telemetry
+        self._manager = manager
+
+    def _otel_health(self) -> otel_config_pb2.OtelHealth:
+        return otel_config_pb2.OtelHealth(
+            traces=_health(self._telemetry.trace_stats),
+            metrics=_health(self._telemetry.metric_stats),
+        )
+
+    async def GetOtelConfig(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.GetOtelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetOtelConfigResponse:
+        settings = self._manager.settings
+        return admin_pb2.GetOtelConfigResponse(
+            config=to_proto(settings), version=settings.version, health=self._otel_health()
+        )
+
+    async def SetOtelConfig(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.SetOtelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetOtelConfigResponse:
+        expected = request.expected_version if request.HasField("expected_version") else None
+        try:
+            settings = await self._manager.set(request.config, expected)
+        except InvalidConfig as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StaleVersion as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except (ConfigStoreError, OSError) as e:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"config not saved, nothing changed: {e}"
+            )
+        except ValueError as e:
+            # An exporter refused its settings while being built: nothing was switched.
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"config: {e}")
+        return admin_pb2.SetOtelConfigResponse(
+            config=to_proto(settings), version=settings.version, health=self._otel_health()
+        )
+
+    async def TestOtelConfig(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.TestOtelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.TestOtelConfigResponse:
+        try:
+            results = await self._manager.test(request.config)
+        except InvalidConfig as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        response = admin_pb2.TestOtelConfigResponse()
+        for section, result in results.items():
+            o = result.outcome
+            getattr(response, section).CopyFrom(
+                admin_pb2.ExportTestResult(
+                    success=o.success,
+                    reason=o.reason,
+                    http_status=o.http_status,
+                    grpc_code=o.grpc_code,
+                    message=o.message,
+                    elapsed=_duration(round(result.elapsed * 1e9)),
+                )
+            )
+        return response
 
     async def ListTraces(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.ListTracesRequest, context: grpc.aio.ServicerContext

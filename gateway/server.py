@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -20,6 +22,9 @@ from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2, completion_pb2_gr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from admin.auth import AdminAuthInterceptor
+from admin.config_manager import OtelConfigManager
+from admin.config_store import FileConfigStore
 from admin.servicer import AdminServicer
 from gateway.completion import CompletionServicer
 from gateway.config import GatewayConfig, parse_listen_address
@@ -36,6 +41,7 @@ SERVICE_NAMES = (
     completion_pb2.DESCRIPTOR.services_by_name["Completion"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
+OTEL_CONFIG_FILE = "otel-config.json"
 # Time left after the grace period to flush telemetry before the process gives up on it.
 _FLUSH_SECONDS = 5.0
 
@@ -43,8 +49,16 @@ _FLUSH_SECONDS = 5.0
 class Gateway:
     """One gateway instance: gRPC server, metrics side-port, telemetry. Start once, stop once."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
+        # OTEL_* seeding and the admin token; tests pass their own instead of os.environ.
+        self._env = os.environ if env is None else env
+        self.otel: OtelConfigManager | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._metrics_server: MetricsServer | None = None
@@ -65,11 +79,14 @@ class Gateway:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
         self.telemetry = telemetry = Telemetry(self.config.telemetry, self.state_dir)
+        self.otel = OtelConfigManager(telemetry, FileConfigStore(self.state_dir / OTEL_CONFIG_FILE))
+        await self.otel.start(self._env)
         self._router = Router(self.config.routes)
         interceptor = TelemetryInterceptor(telemetry.tracer, telemetry.metrics, host, port)
         limit = server_cfg.max_message_bytes
         self._server = server = grpc.aio.server(
-            interceptors=[interceptor],
+            # Telemetry outermost: refused admin calls are traced and counted too.
+            interceptors=[interceptor, AdminAuthInterceptor(self._env.get("AIGW_ADMIN_TOKEN", ""))],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -78,7 +95,9 @@ class Gateway:
         completion_pb2_grpc.add_CompletionServicer_to_server(
             CompletionServicer(self._router, telemetry.genai), server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(telemetry.store), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(telemetry, self.otel), server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

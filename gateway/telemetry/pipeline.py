@@ -24,8 +24,13 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.config import TelemetryConfig
 from gateway.telemetry.catalog import CATALOG, histogram_views
+from gateway.telemetry.export_settings import OtelSettings
+from gateway.telemetry.export_stats import ExportStats
 from gateway.telemetry.genai import GenAITelemetry
+from gateway.telemetry.metric_export import MetricExport
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
+from gateway.telemetry.span_export import SpanExportProcessor
 from gateway.telemetry.resource import build_resource
 from gateway.telemetry.trace_store import TraceStore
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
@@ -45,8 +50,11 @@ class Telemetry:
             max_age_seconds=config.trace_store_max_age_hours * 3600,
         )
         self.store_processor = TraceStoreProcessor(self.store)
+        self.trace_stats = ExportStats()
+        self.span_export = SpanExportProcessor(self.trace_stats)
         self.tracer_provider = TracerProvider(resource=self.resource)
         self.tracer_provider.add_span_processor(self.store_processor)
+        self.tracer_provider.add_span_processor(self.span_export)
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.prometheus_reader = PrometheusMetricReader(
@@ -59,6 +67,12 @@ class Telemetry:
         )
         self.metrics = GatewayMetrics(self.meter_provider.get_meter("aigw", __version__))
         self.metrics.observe(CATALOG.TRACE_STORE_SPANS, self._store_counts)
+        self.metric_stats = ExportStats()
+        self.metric_export = MetricExport(self.meter_provider, self.metric_stats)
+        self.metrics.observe(CATALOG.SPANS_EXPORTED, self.trace_stats.results)
+        self.metrics.observe(CATALOG.SPANS_DROPPED, self.trace_stats.dropped)
+        self.metrics.observe(CATALOG.METRIC_EXPORTS, self.metric_stats.attempts)
+        self.settings = OtelSettings()
         self.tracer: Tracer = self.tracer_provider.get_tracer("aigw", __version__)
         self.genai = GenAITelemetry(self.tracer, self.metrics, config)
         self._closed = False
@@ -72,6 +86,25 @@ class Telemetry:
             ("failed",): p.write_errors,
         }
 
+    def apply(self, settings: OtelSettings) -> None:
+        """Point OTLP export where `settings` say. Blocking: run it off the event loop.
+
+        Exporters are built before anything is switched, so a failure to build one (a bad
+        certificate, say) leaves the running export untouched.
+        """
+        traces, metrics = settings.traces, settings.metrics
+        traces_changed = traces != self.settings.traces
+        metrics_changed = metrics != self.settings.metrics
+        span_exporter = build_span_exporter(traces) if traces_changed and traces.enabled else None
+        metric_exporter = (
+            build_metric_exporter(metrics) if metrics_changed and metrics.enabled else None
+        )
+        if traces_changed:
+            self.span_export.swap(span_exporter)
+        if metrics_changed:
+            self.metric_export.apply(metrics, metric_exporter)
+        self.settings = settings
+
     def shutdown(self, deadline: float) -> None:
         """Flush spans (store, then export) and metrics within one deadline; safe twice."""
         if self._closed:
@@ -83,6 +116,8 @@ class Telemetry:
 
         if not self.tracer_provider.force_flush(left_ms()):
             _log.warning("span pipeline did not flush before the shutdown deadline")
+        self.span_export.shutdown(max(left_ms(), 1))
         self.tracer_provider.shutdown()
+        self.metric_export.shutdown(max(left_ms(), 1) / 1000)
         self.meter_provider.shutdown(timeout_millis=max(left_ms(), 1))
         self.store.close()

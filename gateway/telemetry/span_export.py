@@ -1,0 +1,215 @@
+"""OTLP span export that can be re-pointed at runtime without losing or repeating a span.
+
+One `SpanExportProcessor` lives as long as the process; what changes is the exporter it feeds.
+Why not the SDK's BatchSpanProcessor: `TracerProvider` cannot remove a processor, replacing
+whole processors loses spans handed to one that is shutting down, and the SDK's batcher neither
+counts its drops nor honours a flush timeout. This processor:
+
+- never blocks or throws in `on_end` (the request path): a full queue drops the span and counts
+  it (`aigw.telemetry.spans.dropped{reason="queue_full"}`), export off counts `export_disabled`;
+- exports batches from one worker thread; `swap()` replaces the exporter at once (a reference
+  assignment) and the worker shuts the old one down only after its in-flight batch is done, so a
+  batch is never cut off mid-request and sent again;
+- re-sends through the new exporter a batch that failed on an exporter retired during the
+  export (the backend was switched away from while it was failing);
+- on disable, delivers what was queued before the switch to the old exporter, then retires it;
+- `force_flush` and `shutdown` honour their deadlines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from gateway.telemetry.export_outcome import ExportOutcome
+from gateway.telemetry.export_stats import ExportStats
+
+__all__ = ["SpanExportProcessor"]
+
+_log = logging.getLogger(__name__)
+
+_UNKNOWN_FAILURE = ExportOutcome(success=False, reason="unknown", message="exporter failed")
+_SUCCESS = ExportOutcome(success=True)
+
+
+def outcome_of(exporter: SpanExporter, result: SpanExportResult) -> ExportOutcome:
+    """The exporter's own account of its last export, else one built from the bare result."""
+    outcome = getattr(exporter, "last_outcome", None)
+    if isinstance(outcome, ExportOutcome) and outcome.success == (
+        result is SpanExportResult.SUCCESS
+    ):
+        return outcome
+    return _SUCCESS if result is SpanExportResult.SUCCESS else _UNKNOWN_FAILURE
+
+
+class SpanExportProcessor(SpanProcessor):
+    def __init__(
+        self,
+        stats: ExportStats,
+        *,
+        max_queue_size: int = 8192,
+        max_batch_size: int = 512,
+        schedule_delay: float = 1.0,
+    ) -> None:
+        self._stats = stats
+        self._max_queue = max_queue_size
+        self._max_batch = max_batch_size
+        self._delay = schedule_delay
+        self._queue: deque[ReadableSpan] = deque()
+        self._cond = threading.Condition()
+        self._exporter: SpanExporter | None = None
+        # Export was switched off: what was queued before still goes here, then it retires.
+        self._draining: SpanExporter | None = None
+        self._retired: list[SpanExporter] = []
+        self._enqueued = 0
+        self._handled = 0
+        self._flush_waiters = 0
+        self._shutdown = False
+        self._thread = threading.Thread(target=self._run, name="aigw-span-export", daemon=True)
+        self._thread.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self._exporter is not None
+
+    def swap(self, exporter: SpanExporter | None) -> None:
+        """Point export at `exporter` (None: off). Instant; the old one retires in the worker."""
+        with self._cond:
+            old, self._exporter = self._exporter, exporter
+            if old is not None:
+                if exporter is None and self._queue:
+                    if self._draining is not None:
+                        self._retired.append(self._draining)
+                    self._draining = old
+                else:
+                    self._retired.append(old)
+            self._cond.notify_all()
+
+    # --- SpanProcessor --------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._exporter is None:
+            self._stats.drop("export_disabled")
+            return
+        if self._shutdown:
+            self._stats.drop("shutdown")
+            return
+        with self._cond:
+            if len(self._queue) >= self._max_queue:
+                full = True
+            else:
+                full = False
+                self._queue.append(span)
+                self._enqueued += 1
+                if len(self._queue) >= self._max_batch:
+                    self._cond.notify_all()
+        if full:
+            self._stats.drop("queue_full")
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._cond:
+            target = self._enqueued
+            self._flush_waiters += 1
+            self._cond.notify_all()
+            try:
+                while self._handled < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._thread.is_alive():
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._flush_waiters -= 1
+        return True
+
+    def shutdown(self, timeout_millis: int = 30_000) -> None:
+        """Export what is queued (bounded by the timeout), then stop; safe twice."""
+        if self._shutdown:
+            return
+        self.force_flush(timeout_millis)
+        with self._cond:
+            self._shutdown = True
+            self._cond.notify_all()
+        self._thread.join(max(timeout_millis / 1000, 0.1))
+        with self._cond:
+            leftover = len(self._queue)
+            self._queue.clear()
+            exporters = [e for e in (self._exporter, self._draining, *self._retired) if e]
+            self._exporter = self._draining = None
+            self._retired = []
+        if leftover:
+            self._stats.drop("shutdown", leftover)
+        for exporter in exporters:
+            _shutdown_quietly(exporter)
+
+    # --- worker ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._ready():
+                    self._cond.wait(self._delay)
+                if self._shutdown and not self._queue:
+                    return
+                retired, self._retired = self._retired, []
+                batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                target = self._exporter or self._draining
+                if not self._queue and self._draining is not None and self._exporter is None:
+                    # This batch is the last of what was queued before export was switched off.
+                    retired.append(self._draining)
+                    self._draining = None
+            for exporter in retired:
+                if exporter is not target:
+                    _shutdown_quietly(exporter)
+            if batch:
+                self._export(batch, target)
+                with self._cond:
+                    self._handled += len(batch)
+                    self._cond.notify_all()
+            if target is not None and target in retired:
+                _shutdown_quietly(target)
+
+    def _ready(self) -> bool:
+        return (
+            self._shutdown
+            or len(self._queue) >= self._max_batch
+            or (self._flush_waiters > 0 and bool(self._queue))
+            or bool(self._retired)
+        )
+
+    def _export(self, batch: Sequence[ReadableSpan], exporter: SpanExporter | None) -> None:
+        if exporter is None:
+            self._stats.drop("export_disabled", len(batch))
+            return
+        outcome = self._send(exporter, batch)
+        current = self._exporter
+        if not outcome.success and current is not None and current is not exporter:
+            # Switched away from a failing backend mid-export: the new one gets the batch.
+            outcome = self._send(current, batch)
+        self._stats.record(outcome, len(batch))
+
+    @staticmethod
+    def _send(exporter: SpanExporter, batch: Sequence[ReadableSpan]) -> ExportOutcome:
+        try:
+            result = exporter.export(batch)
+        except Exception as e:  # an exporter bug must not kill the worker
+            _log.exception("span exporter raised")
+            return ExportOutcome(success=False, reason="unknown", message=type(e).__name__)
+        return outcome_of(exporter, result)
+
+
+def _shutdown_quietly(exporter: SpanExporter) -> None:
+    try:
+        exporter.shutdown()
+    except Exception:
+        _log.exception("shutting down a retired span exporter failed")
