@@ -40,6 +40,16 @@ __all__ = ["MetricExport", "SwitchableMetricExporter", "temporality_preference"]
 _log = logging.getLogger(__name__)
 
 
+def _not_retire_noise(record: logging.LogRecord) -> bool:
+    # remove_metric_reader() unregisters a reader and then shuts it down, and the reader's
+    # final collect on shutdown then warns that it is not registered. We flush before removing,
+    # so nothing is lost; the warning would only alarm operators on every config change.
+    return not str(record.msg).startswith("Cannot call collect on a MetricReader until")
+
+
+logging.getLogger("opentelemetry.sdk.metrics._internal.export").addFilter(_not_retire_noise)
+
+
 def temporality_preference(kind: str) -> dict[type, AggregationTemporality]:
     """The OTLP "delta" preference keeps up-down counters and gauges cumulative, as the spec says."""
     delta = AggregationTemporality.DELTA if kind == "delta" else AggregationTemporality.CUMULATIVE
