@@ -101,11 +101,15 @@ def _edit(
         if values["enabled"] is not None:
             target.enabled = values["enabled"]
         if values["protocol"]:
-            target.protocol = otel_config_pb2.Protocol.Value(f"PROTOCOL_{values['protocol'].upper()}")
+            target.protocol = otel_config_pb2.Protocol.Value(
+                f"PROTOCOL_{values['protocol'].upper()}"
+            )
         if values["endpoint"] is not None:
             target.endpoint = values["endpoint"]
         if values["encoding"]:
-            target.encoding = otel_config_pb2.Encoding.Value(f"ENCODING_{values['encoding'].upper()}")
+            target.encoding = otel_config_pb2.Encoding.Value(
+                f"ENCODING_{values['encoding'].upper()}"
+            )
         for name, value in values["header"]:
             target.headers[name] = value
         if values["timeout"] is not None:
@@ -166,10 +170,14 @@ def render_waterfall(spans: Sequence[traces_pb2.Span], width: int = 40) -> str:
     return "\n".join(lines)
 
 
-def _list_traces(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+def _list_traces(
+    stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list
+) -> int:
     request = admin_pb2.ListTracesRequest(model=args.model or "", page_size=args.limit)
     if args.status:
-        request.status = traces_pb2.TraceStatusFilter.Value(f"TRACE_STATUS_FILTER_{args.status.upper()}")
+        request.status = traces_pb2.TraceStatusFilter.Value(
+            f"TRACE_STATUS_FILTER_{args.status.upper()}"
+        )
     if args.since is not None:
         request.start_time_min.FromNanoseconds(time.time_ns() - round(args.since * 1e9))
     if args.min_duration is not None:
@@ -180,7 +188,9 @@ def _list_traces(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace
     if args.json:
         _print_json(reply)
         return 0
-    print(f"{'trace_id':32}  {'start (UTC)':23}  {'duration':>10}  {'status':6}  {'code':18}  model")
+    print(
+        f"{'trace_id':32}  {'start (UTC)':23}  {'duration':>10}  {'status':6}  {'code':18}  model"
+    )
     for t in reply.traces:
         start = t.start_time.ToDatetime().isoformat(sep=" ", timespec="milliseconds")
         ms = _ms(t.duration.seconds, t.duration.nanos)
@@ -206,13 +216,17 @@ def _show_trace(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace,
 
 
 def _otel(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
-    current = stub.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), metadata=meta, timeout=args.timeout)
+    current = stub.GetOtelConfig(
+        admin_pb2.GetOtelConfigRequest(), metadata=meta, timeout=args.timeout
+    )
     if args.action == "get":
         _print_json(current)
         return 0
     edited = _edit(current.config, args)
     if not edited.HasField("traces") and not edited.HasField("metrics"):
-        print("aigw-admin: nothing to change: give --traces-* or --metrics-* flags", file=sys.stderr)
+        print(
+            "aigw-admin: nothing to change: give --traces-* or --metrics-* flags", file=sys.stderr
+        )
         return 2
     if args.action == "set":
         reply = stub.SetOtelConfig(

@@ -115,7 +115,10 @@ class OtelConfigManager:
         if problems:
             raise InvalidConfig(problems)
         results = await asyncio.gather(
-            *(asyncio.to_thread(_test_export, name, s, self._telemetry) for name, s in sections.items())
+            *(
+                asyncio.to_thread(_test_export, name, s, self._telemetry)
+                for name, s in sections.items()
+            )
         )
         return dict(zip(sections, results, strict=True))
 

@@ -46,7 +46,14 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # Set by the exporters themselves; a user value would break the request.
 _RESERVED_HTTP = frozenset(
-    {"content-type", "content-length", "content-encoding", "host", "transfer-encoding", "connection"}
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "host",
+        "transfer-encoding",
+        "connection",
+    }
 )
 _RESERVED_GRPC = frozenset({"content-type", "te", "user-agent", "host", "grpc-timeout"})
 
@@ -88,7 +95,7 @@ def _enum(
 ) -> str | None:
     if value in table:
         return table[value]
-    names = [n for n in enum.keys() if not n.endswith("UNSPECIFIED")]  # type: ignore[attr-defined]
+    names = [n for n in enum if not n.endswith("UNSPECIFIED")]  # type: ignore[attr-defined]
     problems.append((path, f"unknown value {value}; expected one of {', '.join(names)}"))
     return None
 
@@ -104,7 +111,9 @@ def _seconds(
     seconds = d.seconds + d.nanos / 1e9
     lo, hi = bounds
     if not lo <= seconds <= hi:
-        problems.append((path, f"must be between {_human(lo)} and {_human(hi)}, got {_human(seconds)}"))
+        problems.append(
+            (path, f"must be between {_human(lo)} and {_human(hi)}, got {_human(seconds)}")
+        )
         return None
     return seconds
 
@@ -171,7 +180,9 @@ def _headers(
         name = raw_name.lower()
         where = f"{path}[{raw_name[:64]!r}]"
         if not _TOKEN.fullmatch(raw_name):
-            problems.append((where, "not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"))
+            problems.append(
+                (where, "not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
+            )
             continue
         if name in out:
             problems.append((where, "given twice (names are case-insensitive)"))
@@ -192,7 +203,12 @@ def _headers(
             continue
         elif not _HEADER_VALUE.fullmatch(value):
             # Never echo the value: it is usually a credential.
-            problems.append((where, "value must be printable ASCII (no CR, LF, NUL or other control characters)"))
+            problems.append(
+                (
+                    where,
+                    "value must be printable ASCII (no CR, LF, NUL or other control characters)",
+                )
+            )
             continue
         out[name] = value
     return tuple(out.items())
@@ -229,7 +245,13 @@ def section_from_proto(
                 or DEFAULT_EXPORT_INTERVAL
             )
         temporality = (
-            _enum(pb.temporality, _TEMPORALITY, p + "temporality", otel_config_pb2.Temporality, problems)
+            _enum(
+                pb.temporality,
+                _TEMPORALITY,
+                p + "temporality",
+                otel_config_pb2.Temporality,
+                problems,
+            )
             or "cumulative"
         )
     else:
@@ -251,7 +273,7 @@ def section_from_proto(
 
 
 def merge(config: otel_config_pb2.OtelConfig, current: OtelSettings) -> OtelSettings:
-    """`current` with the sections `config` has replaced; raises InvalidConfig with every problem."""
+    """`current` with the sections `config` replaces; InvalidConfig lists every problem."""
     problems: list[tuple[str, str]] = []
     traces, metrics = current.traces, current.metrics
     if config.HasField("traces"):
@@ -275,9 +297,13 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 def _section_to_proto(s: ExporterSettings, metrics: bool) -> otel_config_pb2.ExporterConfig:
     pb = otel_config_pb2.ExporterConfig(
         enabled=s.enabled,
-        protocol=otel_config_pb2.PROTOCOL_GRPC if s.protocol == "grpc" else otel_config_pb2.PROTOCOL_HTTP,
+        protocol=otel_config_pb2.PROTOCOL_GRPC
+        if s.protocol == "grpc"
+        else otel_config_pb2.PROTOCOL_HTTP,
         endpoint=s.endpoint,
-        encoding=otel_config_pb2.ENCODING_JSON if s.encoding == "json" else otel_config_pb2.ENCODING_PROTO,
+        encoding=otel_config_pb2.ENCODING_JSON
+        if s.encoding == "json"
+        else otel_config_pb2.ENCODING_PROTO,
         headers={name: MASK for name, _ in s.headers},
         timeout=_duration(s.timeout),
         compression=otel_config_pb2.COMPRESSION_GZIP
@@ -333,12 +359,18 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
         sig = section.upper()
 
         def var(name: str, sig: str = sig) -> str | None:
-            return env.get(f"OTEL_EXPORTER_OTLP_{sig}_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+            return env.get(f"OTEL_EXPORTER_OTLP_{sig}_{name}") or env.get(
+                f"OTEL_EXPORTER_OTLP_{name}"
+            )
 
         protocol_name = (var("PROTOCOL") or "http/protobuf").strip().lower()
         if protocol_name not in _ENV_PROTOCOL:
             problems.append(
-                (f"OTEL_EXPORTER_OTLP_{sig}_PROTOCOL", f"unknown protocol {protocol_name[:32]!r}; expected grpc, http/protobuf or http/json")
+                (
+                    f"OTEL_EXPORTER_OTLP_{sig}_PROTOCOL",
+                    f"unknown protocol {protocol_name[:32]!r}; "
+                    "expected grpc, http/protobuf or http/json",
+                )
             )
             continue
         protocol, encoding = _ENV_PROTOCOL[protocol_name]

@@ -106,7 +106,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             metrics=_health(self._telemetry.metric_stats),
         )
 
-    async def GetOtelConfig(  # noqa: N802 - gRPC method name
+    async def GetOtelConfig(
         self, request: admin_pb2.GetOtelConfigRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetOtelConfigResponse:
         settings = self._manager.settings
@@ -114,7 +114,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             config=to_proto(settings), version=settings.version, health=self._otel_health()
         )
 
-    async def SetOtelConfig(  # noqa: N802 - gRPC method name
+    async def SetOtelConfig(
         self, request: admin_pb2.SetOtelConfigRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SetOtelConfigResponse:
         expected = request.expected_version if request.HasField("expected_version") else None
@@ -135,7 +135,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             config=to_proto(settings), version=settings.version, health=self._otel_health()
         )
 
-    async def TestOtelConfig(  # noqa: N802 - gRPC method name
+    async def TestOtelConfig(
         self, request: admin_pb2.TestOtelConfigRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TestOtelConfigResponse:
         try:
@@ -157,7 +157,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         return response
 
-    async def ListTraces(  # noqa: N802 - gRPC method name
+    async def ListTraces(
         self, request: admin_pb2.ListTracesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListTracesResponse:
         page_size = request.page_size or DEFAULT_PAGE_SIZE
@@ -193,7 +193,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             traces=[_summary(t) for t in traces], next_page_token=token
         )
 
-    async def GetTrace(  # noqa: N802 - gRPC method name
+    async def GetTrace(
         self, request: admin_pb2.GetTraceRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetTraceResponse:
         trace_id = request.trace_id.lower()

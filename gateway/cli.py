@@ -34,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen", type=_address, help="/metrics HOST:PORT (default 127.0.0.1:9464)"
     )
     serve.add_argument("--state-dir", type=Path, help="trace store and OTEL config directory")
-    serve.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -52,9 +50,7 @@ def configure(args: argparse.Namespace) -> GatewayConfig:
         if value is not None
     }
     if overrides:
-        config = dataclasses.replace(
-            config, server=dataclasses.replace(config.server, **overrides)
-        )
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
     return config
 
 
@@ -70,10 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"aigw: invalid config:\n{e}", file=sys.stderr)
         return 2
+    from admin.config_store import ConfigStoreError
+    from admin.otel_config import InvalidConfig
     from gateway.server import serve
+    from gateway.telemetry.trace_store import TraceStoreError
 
     try:
         return asyncio.run(serve(config))
+    except (ConfigStoreError, TraceStoreError) as e:
+        print(f"aigw: cannot start: {e}", file=sys.stderr)
+        return 2
+    except InvalidConfig as e:
+        print(f"aigw: cannot start: invalid OTEL environment: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
-        print(f"aigw: {e}", file=sys.stderr)
+        print(f"aigw: cannot start: {e}", file=sys.stderr)
         return 1

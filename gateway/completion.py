@@ -9,6 +9,7 @@ the client's gRPC deadline when that is sooner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -80,7 +81,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServicer):
             stream=stream,
         )
 
-    async def Complete(  # noqa: N802 - gRPC method name
+    async def Complete(
         self, request: completion_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> completion_pb2.CompleteResponse:
         try:
@@ -120,7 +121,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServicer):
             ),
         )
 
-    async def StreamComplete(  # noqa: N802 - gRPC method name
+    async def StreamComplete(
         self, request: completion_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[completion_pb2.CompleteChunk]:
         try:
@@ -131,33 +132,39 @@ class CompletionServicer(completion_pb2_grpc.CompletionServicer):
         parts: list[str] | None = [] if self._genai.records_content else None
         try:
             with call.active():
-                async for chunk in provider.stream(chat, timeout=budget):
-                    if chunk.is_final:
-                        call.succeed(
-                            response_id=chunk.id,
-                            response_model=chunk.model,
-                            finish_reason=chunk.finish_reason,
-                            input_tokens=chunk.input_tokens,
-                            output_tokens=chunk.output_tokens,
-                            content="".join(parts) if parts is not None else None,
-                        )
+                # aclosing: an early exit (final chunk, cancel) closes the upstream response
+                # now, not whenever the generator is garbage-collected.
+                async with contextlib.aclosing(provider.stream(chat, timeout=budget)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.is_final:
+                            call.succeed(
+                                response_id=chunk.id,
+                                response_model=chunk.model,
+                                finish_reason=chunk.finish_reason,
+                                input_tokens=chunk.input_tokens,
+                                output_tokens=chunk.output_tokens,
+                                content="".join(parts) if parts is not None else None,
+                            )
+                            yield completion_pb2.CompleteChunk(
+                                id=chunk.id,
+                                model=chunk.model,
+                                provider=provider.name,
+                                finish_reason=chunk.finish_reason,
+                                usage=completion_pb2.Usage(
+                                    input_tokens=chunk.input_tokens or 0,
+                                    output_tokens=chunk.output_tokens or 0,
+                                ),
+                            )
+                            return
+                        call.first_chunk(chunk.model)
+                        if parts is not None:
+                            parts.append(chunk.delta)
                         yield completion_pb2.CompleteChunk(
                             id=chunk.id,
                             model=chunk.model,
                             provider=provider.name,
-                            finish_reason=chunk.finish_reason,
-                            usage=completion_pb2.Usage(
-                                input_tokens=chunk.input_tokens or 0,
-                                output_tokens=chunk.output_tokens or 0,
-                            ),
+                            delta=chunk.delta,
                         )
-                        return
-                    call.first_chunk(chunk.model)
-                    if parts is not None:
-                        parts.append(chunk.delta)
-                    yield completion_pb2.CompleteChunk(
-                        id=chunk.id, model=chunk.model, provider=provider.name, delta=chunk.delta
-                    )
         except GatewayError as e:
             call.fail(e)
             await context.abort(e.code, e.message)

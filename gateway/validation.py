@@ -31,7 +31,7 @@ def validate_request(
 ) -> tuple[ChatMessage, ...]:
     """Raise InvalidRequest on the first problem; answer the messages as chat types."""
     if not request.model:
-        raise InvalidRequest("model", "required; name a route (e.g. \"echo\")")
+        raise InvalidRequest("model", 'required; name a route (e.g. "echo")')
     if len(request.model) > MAX_MODEL_CHARS or "\x00" in request.model:
         raise InvalidRequest("model", f"must be at most {MAX_MODEL_CHARS} characters, no NUL")
     if not request.messages:
@@ -70,6 +70,7 @@ def validate_request(
             )
         if len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidRequest(
-                f"metadata[{key!r}]", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters"
+                f"metadata[{key!r}]",
+                f"values must be at most {MAX_METADATA_VALUE_CHARS} characters",
             )
     return tuple(messages)

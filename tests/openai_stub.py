@@ -322,7 +322,8 @@ class OpenAIStub:
         pause = delay * max(len(answer.pieces) - 1, 0)
         if pause and not await conn.pause(pause):
             return False
-        return await conn.send_whole(200, json.dumps(answer.completion()).encode(), headers=extra)
+        completion = json.dumps(answer.completion(reply.usage)).encode()
+        return await conn.send_whole(200, completion, headers=extra)
 
     async def _stream(
         self,
@@ -401,14 +402,15 @@ class _Answer:
             "total_tokens": self.prompt_tokens + completion,
         }
 
-    def completion(self) -> dict[str, Any]:
+    def completion(self, usage: bool) -> dict[str, Any]:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": "".join(self.pieces), "refusal": None},
             "logprobs": None,
             "finish_reason": self.finish_reason,
         }
-        return {**self._envelope("chat.completion"), "choices": [choice], "usage": self.usage()}
+        extra = {"usage": self.usage()} if usage else {}
+        return {**self._envelope("chat.completion"), "choices": [choice], **extra}
 
     def chunks(self, usage: bool) -> Iterator[dict[str, Any]]:
         """OpenAI's chunks; with `usage`, every chunk has `"usage": null` but the last."""

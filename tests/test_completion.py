@@ -85,13 +85,15 @@ async def test_bad_requests_name_the_field(
     code: str,
     field: str,
 ) -> None:
-    for call in (completion.Complete, completion.StreamComplete):
+    async def unary() -> None:
+        await completion.Complete(request_, timeout=5)
+
+    async def stream() -> None:
+        _ = [c async for c in completion.StreamComplete(request_, timeout=5)]
+
+    for call in (unary, stream):
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            response = call(request_, timeout=5)
-            if call is completion.StreamComplete:
-                _ = [c async for c in response]
-            else:
-                await response
+            await call()
         assert info.value.code().name == code
         assert info.value.details().startswith(field + ":") or info.value.details().startswith(
             field + "["

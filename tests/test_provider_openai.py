@@ -277,6 +277,14 @@ async def test_unary_fallbacks_for_sparse_answers(
     )
 
 
+async def test_unary_without_usage_counts_zero(
+    provider: OpenAIProvider, openai_stub: OpenAIStub
+) -> None:
+    openai_stub.next_responses.append(Reply(usage=False))
+    result = await provider.complete(chat(), timeout=5)
+    assert (result.content, result.input_tokens, result.output_tokens) == (reply_text(PROMPT), 0, 0)
+
+
 async def test_stream_deltas_then_one_final_chunk(
     provider: OpenAIProvider, openai_stub: OpenAIStub
 ) -> None:
@@ -421,6 +429,11 @@ async def test_http_errors_map_to_grpc_codes(
             Reply(status=422, body='{"detail": "field required"}'), "field required", id="fastapi"
         ),
         pytest.param(Reply(status=503, body=""), "Service Unavailable", id="empty-body"),
+        pytest.param(
+            Reply(status=308, body="", headers={"location": "https://api.example/v1/x"}),
+            "Permanent Redirect (redirect to https://api.example/v1/x; check base_url)",
+            id="redirect",
+        ),
     ],
 )
 async def test_upstream_message_from_other_error_bodies(

@@ -906,7 +906,6 @@ def test_many_threads_each_span_written_exactly_once(store):
     processor, provider = pipeline(store, max_batch=64, flush_interval=0.01)
     threads, per_thread = 8, 300
     barrier = threading.Barrier(threads)
-    names: list[str] = []
 
     def worker(i: int) -> None:
         tracer = provider.get_tracer("test")

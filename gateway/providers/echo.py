@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from gateway.chat import ChatChunk, ChatRequest, ChatResult
 from gateway.config import RouteConfig
+from gateway.errors import UpstreamTimeout
 
 __all__ = ["EchoProvider", "count_tokens", "split_tokens"]
 
@@ -37,6 +38,7 @@ class EchoProvider:
     server_port: int | None = None
 
     def __init__(self, route: RouteConfig) -> None:
+        self._route = route.name
         self._model = route.model
         self._latency = route.latency_ms / 1000
         self._token_delay = route.token_delay_ms / 1000
@@ -57,6 +59,9 @@ class EchoProvider:
     async def complete(self, request: ChatRequest, *, timeout: float) -> ChatResult:
         tokens, finish, input_tokens = self._answer(request)
         delay = self._latency + self._token_delay * max(len(tokens) - 1, 0)
+        if delay > timeout:
+            await asyncio.sleep(timeout)
+            raise UpstreamTimeout(self._route, f"no answer within {timeout:.3g}s")
         if delay:
             await asyncio.sleep(delay)
         return ChatResult(
@@ -71,11 +76,14 @@ class EchoProvider:
     async def stream(self, request: ChatRequest, *, timeout: float) -> AsyncIterator[ChatChunk]:
         tokens, finish, input_tokens = self._answer(request)
         completion_id = f"echo-{uuid.uuid4().hex}"
-        if self._latency:
-            await asyncio.sleep(self._latency)
+        deadline = asyncio.get_running_loop().time() + timeout
         for i, token in enumerate(tokens):
-            if i and self._token_delay:
-                await asyncio.sleep(self._token_delay)
+            wait = self._latency if i == 0 else self._token_delay
+            if wait:
+                if asyncio.get_running_loop().time() + wait > deadline:
+                    await asyncio.sleep(max(deadline - asyncio.get_running_loop().time(), 0))
+                    raise UpstreamTimeout(self._route, f"stream not done within {timeout:.3g}s")
+                await asyncio.sleep(wait)
             yield ChatChunk(id=completion_id, model=self._model, delta=token)
         yield ChatChunk(
             id=completion_id,

@@ -21,10 +21,14 @@ upstream cannot have produced anything, after it the answer is truncated or garb
 `timeout` is the whole budget, checked as an absolute deadline around every await. A single
 `asyncio.timeout` cannot span a stream: it would cancel whatever the *consumer* awaits between
 chunks, so the deadline is re-armed per read instead; time the consumer spends between chunks
-still counts. The key is read from the environment at call time (rotation without a restart)
-and is never stored, logged or put into a message: upstream messages are redacted because some
-servers echo the key back, and httpx exceptions are described, not chained, because their
-request objects hold the headers.
+still counts. The key is read from the environment at each call (rotation needs no restart),
+kept only for that call, and never logged or put into a message or repr: upstream messages are
+redacted because some servers echo the key back, and httpx exceptions are described rather
+than chained because their request objects hold the headers.
+
+One pooled keep-alive client serves the route. After `data: [DONE]` a stream reads the end of
+the body before its final chunk, so the connection goes back to the pool even when the consumer
+stops there.
 """
 
 from __future__ import annotations
@@ -37,11 +41,11 @@ import os
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
-from opentelemetry import propagate
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.chat import ChatChunk, ChatRequest, ChatResult
 from gateway.config import RouteConfig
@@ -53,6 +57,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 __all__ = ["OpenAIProvider"]
 
@@ -94,7 +100,7 @@ class _Malformed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    key: str | None
+    key: str | None = field(repr=False)
     budget: float
     # In `loop.time()` terms.
     deadline: float
@@ -130,7 +136,7 @@ class OpenAIProvider:
         self,
         request: ChatRequest,
         *,
-        timeout: float,  # noqa: ASYNC109 - the Provider protocol's budget, applied as a deadline
+        timeout: float,
     ) -> ChatResult:
         call = self._start(timeout)
         async with contextlib.AsyncExitStack() as stack:
@@ -145,7 +151,7 @@ class OpenAIProvider:
         self,
         request: ChatRequest,
         *,
-        timeout: float,  # noqa: ASYNC109 - the Provider protocol's budget, applied as a deadline
+        timeout: float,
     ) -> AsyncIterator[ChatChunk]:
         # The body runs at the first __anext__, so key lookup, deadline and trace context all
         # belong to the consumer's first read, inside the span the caller opened around it.
@@ -232,7 +238,8 @@ class OpenAIProvider:
         headers = {"accept": "text/event-stream" if stream else "application/json"}
         if call.key is not None:
             headers["authorization"] = f"Bearer {call.key}"
-        propagate.inject(headers)
+        # traceparent only: baggage may carry tenant or user data a third party must not see.
+        _TRACE_CONTEXT.inject(headers)
         sending = self._client.stream(
             "POST", self._url, json=_payload(request, stream=stream), headers=headers
         )
@@ -278,6 +285,11 @@ class OpenAIProvider:
             # The status is the news; a body that cannot be read in time only loses detail.
             pass
         message = _upstream_message(bytes(body)) or response.reason_phrase
+        if response.is_redirect:
+            # Redirects are not followed (a POST must not silently change target); this is
+            # nearly always an http:// base_url for an https:// service.
+            location = response.headers.get("location", "")
+            message = f"{message} (redirect to {location}; check base_url)"
         return _clip(_redact(message, call.key))
 
     def _event(self, payload: str, call: _Call) -> dict[str, Any]:

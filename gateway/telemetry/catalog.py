@@ -36,7 +36,7 @@ class Attr:
     PROVIDER = "gen_ai.provider.name"
     REQUEST_MODEL = "gen_ai.request.model"
     RESPONSE_MODEL = "gen_ai.response.model"
-    TOKEN_TYPE = "gen_ai.token.type"
+    TOKEN_TYPE = "gen_ai.token.type"  # noqa: S105 - an attribute key, not a secret
     # The route name the client asked for; it can differ from the upstream model.
     ROUTE = "aigw.route"
     OUTCOME = "outcome"

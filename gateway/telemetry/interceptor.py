@@ -173,7 +173,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     def _wrap_stream(
-        self, behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], method: _Method
+        self,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        method: _Method,
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span, token, started = self._start(method, context)

@@ -51,7 +51,7 @@ logging.getLogger("opentelemetry.sdk.metrics._internal.export").addFilter(_not_r
 
 
 def temporality_preference(kind: str) -> dict[type, AggregationTemporality]:
-    """The OTLP "delta" preference keeps up-down counters and gauges cumulative, as the spec says."""
+    """The OTLP "delta" preference: up-down counters and gauges stay cumulative (the spec)."""
     delta = AggregationTemporality.DELTA if kind == "delta" else AggregationTemporality.CUMULATIVE
     cumulative = AggregationTemporality.CUMULATIVE
     return {

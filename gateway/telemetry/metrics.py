@@ -56,7 +56,9 @@ class GatewayMetrics:
     def rpc_started(self, method_attrs: Attributes) -> None:
         self._active.add(1, method_attrs)
 
-    def rpc_finished(self, method_attrs: Attributes, call_attrs: Attributes, seconds: float) -> None:
+    def rpc_finished(
+        self, method_attrs: Attributes, call_attrs: Attributes, seconds: float
+    ) -> None:
         self._active.add(-1, method_attrs)
         self._rpc_duration.record(seconds, call_attrs)
 

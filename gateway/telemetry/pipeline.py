@@ -30,8 +30,8 @@ from gateway.telemetry.genai import GenAITelemetry
 from gateway.telemetry.metric_export import MetricExport
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
-from gateway.telemetry.span_export import SpanExportProcessor
 from gateway.telemetry.resource import build_resource
+from gateway.telemetry.span_export import SpanExportProcessor
 from gateway.telemetry.trace_store import TraceStore
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
 
@@ -83,7 +83,7 @@ class Telemetry:
             ("written",): p.written,
             ("evicted",): self.store.evicted,
             ("dropped",): p.dropped,
-            ("failed",): p.write_errors,
+            ("failed",): p.failed,
         }
 
     def apply(self, settings: OtelSettings) -> None:

@@ -162,7 +162,9 @@ class SpanExportProcessor(SpanProcessor):
                 if self._shutdown and not self._queue:
                     return
                 retired, self._retired = self._retired, []
-                batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
+                ]
                 target = self._exporter or self._draining
                 if not self._queue and self._draining is not None and self._exporter is None:
                     # This batch is the last of what was queued before export was switched off.

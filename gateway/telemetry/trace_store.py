@@ -27,8 +27,10 @@ Tables
       first. Several local roots (one trace, several requests) → the first to start.
     - root_span_name, rpc_status_code (``rpc.response.status_code``): the root's.
     - model: ``aigw.route`` of any span, else ``gen_ai.request.model`` of any span, else "".
-    - status: "ERROR" when a local root is stored and its status is ERROR, or when no local
-      root is stored yet and any span is ERROR; else "OK".
+    - status: once a local root is stored, "ERROR" when its status is ERROR or it answered a
+      non-OK gRPC status (server spans keep status UNSET for a caller's mistake such as
+      NOT_FOUND, as the RPC conventions ask, but an operator listing failed requests wants
+      those too); before that, "ERROR" when any span is ERROR; else "OK".
     - start_ns, duration_ns: the extent of the stored spans (first start → last end); once the
       SERVER root is stored this is the request's latency, since it encloses its children.
 
@@ -161,7 +163,9 @@ SELECT
     :trace_id,
     r.name,
     CASE WHEN a.route <> '' THEN a.route ELSE a.request_model END,
-    CASE WHEN (CASE WHEN r.local_root THEN r.status_code = 'ERROR' ELSE a.any_error END)
+    CASE WHEN (CASE WHEN r.local_root
+                    THEN r.status_code = 'ERROR' OR r.rpc_status_code NOT IN ('', 'OK')
+                    ELSE a.any_error END)
          THEN 'ERROR' ELSE 'OK' END,
     r.rpc_status_code,
     a.start_ns,

@@ -237,7 +237,9 @@ class TraceStoreProcessor(SpanProcessor):
         take = min(len(self._queue), self._max_batch)
         batch = [self._queue.popleft() for _ in range(take)]
         if self._queue:
-            # The next span in line has been waiting at least since this batch was due.
+            # Restart the flush timer for what is left: written at once if it already fills a
+            # batch, else within one more interval (so a span waits at most about one
+            # interval plus the write in progress).
             self._oldest_at = time.monotonic()
         return batch
 
@@ -248,6 +250,9 @@ class TraceStoreProcessor(SpanProcessor):
             written = self._store.write(batch)
         except Exception as exc:  # a failed batch must not kill the writer
             error = exc
+            # Before `_finish`, so a force_flush that sees the failure also sees it logged;
+            # outside the lock, so a slow log handler cannot stall `on_end`.
+            self._log_once(exc, len(batch))
         with self._lock:
             if error is None:
                 self._written += written
@@ -255,8 +260,6 @@ class TraceStoreProcessor(SpanProcessor):
                 self._write_errors += 1
                 self._failed += len(batch)
             self._finish(len(batch))
-        if error is not None:
-            self._log_once(error, len(batch))
 
     def _finish(self, count: int) -> None:
         # Caller holds the lock.
