@@ -13,6 +13,7 @@ from aigw.v1 import admin_pb2_grpc, completion_pb2, completion_pb2_grpc
 
 from gateway.config import GatewayConfig, RouteConfig, ServerConfig, TelemetryConfig
 from gateway.server import Gateway
+from tests.openai_stub import openai_stub  # noqa: F401 - a fixture for the whole suite
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
@@ -42,8 +43,11 @@ def make_config(
 async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     started: list[Gateway] = []
 
-    async def start(state_dir: Path | None = None, **kwargs: Any) -> Gateway:
-        gw = Gateway(make_config(state_dir or tmp_path / f"state{len(started)}", **kwargs))
+    async def start(
+        state_dir: Path | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Gateway:
+        config = make_config(state_dir or tmp_path / f"state{len(started)}", **kwargs)
+        gw = Gateway(config, env=env if env is not None else {})
         started.append(gw)
         await gw.start()
         return gw
@@ -74,7 +78,9 @@ def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.AdminServiceStub:
     return admin_pb2_grpc.AdminServiceStub(channel)
 
 
-def chat(text: str = "hello there", model: str = "echo", **kwargs: Any) -> completion_pb2.CompleteRequest:
+def chat(
+    text: str = "hello there", model: str = "echo", **kwargs: Any
+) -> completion_pb2.CompleteRequest:
     return completion_pb2.CompleteRequest(
         model=model, messages=[completion_pb2.Message(role="user", content=text)], **kwargs
     )
