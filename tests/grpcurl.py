@@ -65,13 +65,15 @@ def run_grpcurl(command: str, address: str) -> list[str]:
         path = f"/{service_name}/{method_name}"
         if method.server_streaming:
             call = channel.unary_stream(
-                path, request_serializer=request_cls.SerializeToString,
+                path,
+                request_serializer=request_cls.SerializeToString,
                 response_deserializer=response_cls.FromString,
             )
             responses = list(call(request, metadata=headers, timeout=10))
         else:
             call = channel.unary_unary(
-                path, request_serializer=request_cls.SerializeToString,
+                path,
+                request_serializer=request_cls.SerializeToString,
                 response_deserializer=response_cls.FromString,
             )
             responses = [call(request, metadata=headers, timeout=10)]

@@ -18,8 +18,19 @@ from tests.otlp_receivers import HttpOtlpReceiver
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
 _PROMQL_WORDS = {
-    "sum", "rate", "increase", "histogram_quantile", "by", "without", "on", "ignoring",
-    "label_values", "le", "and", "or", "unless",
+    "sum",
+    "rate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "label_values",
+    "le",
+    "and",
+    "or",
+    "unless",
 }
 
 
@@ -58,7 +69,10 @@ async def test_every_metric_and_label_the_dashboard_uses_is_exposed(
     queries = _queries(dashboard)
     assert len(queries) >= 12
     priced = RouteConfig(
-        name="echo", provider="echo", model="echo-1", price_input_per_mtok=1.0,
+        name="echo",
+        provider="echo",
+        model="echo-1",
+        price_input_per_mtok=1.0,
         price_output_per_mtok=1.0,
     )
     with HttpOtlpReceiver() as receiver:
@@ -68,8 +82,12 @@ async def test_every_metric_and_label_the_dashboard_uses_is_exposed(
             await admin.SetOtelConfig(
                 admin_pb2.SetOtelConfigRequest(
                     config=otel_config_pb2.OtelConfig(
-                        traces=otel_config_pb2.ExporterConfig(enabled=True, endpoint=receiver.traces_url),
-                        metrics=otel_config_pb2.ExporterConfig(enabled=True, endpoint=receiver.metrics_url),
+                        traces=otel_config_pb2.ExporterConfig(
+                            enabled=True, endpoint=receiver.traces_url
+                        ),
+                        metrics=otel_config_pb2.ExporterConfig(
+                            enabled=True, endpoint=receiver.metrics_url
+                        ),
                     )
                 ),
                 timeout=10,
@@ -81,7 +99,9 @@ async def test_every_metric_and_label_the_dashboard_uses_is_exposed(
             await asyncio.to_thread(gw.telemetry.span_export.force_flush, 5000)
             await asyncio.to_thread(gw.telemetry.metric_export.force_flush, 5000)
             url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
-            text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+            )
         await gw.stop(grace=0.5)
     exposed: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):

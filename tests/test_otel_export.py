@@ -53,7 +53,9 @@ def endpoint_for(receiver: HttpOtlpReceiver | GrpcOtlpReceiver, signal: str) -> 
 
 
 @contextlib.asynccontextmanager
-async def clients(gw: Gateway) -> AsyncIterator[tuple[completion_pb2_grpc.CompletionStub, admin_pb2_grpc.AdminServiceStub]]:
+async def clients(
+    gw: Gateway,
+) -> AsyncIterator[tuple[completion_pb2_grpc.CompletionStub, admin_pb2_grpc.AdminServiceStub]]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
         yield completion_pb2_grpc.CompletionStub(ch), admin_pb2_grpc.AdminServiceStub(ch)
 
@@ -90,8 +92,12 @@ async def test_traces_and_metrics_arrive_with_headers(
         await admin.SetOtelConfig(
             admin_pb2.SetOtelConfigRequest(
                 config=otel_config_pb2.OtelConfig(
-                    traces=exporter(protocol, encoding, endpoint_for(receiver, "traces"), headers=headers),
-                    metrics=exporter(protocol, encoding, endpoint_for(receiver, "metrics"), headers=headers),
+                    traces=exporter(
+                        protocol, encoding, endpoint_for(receiver, "traces"), headers=headers
+                    ),
+                    metrics=exporter(
+                        protocol, encoding, endpoint_for(receiver, "metrics"), headers=headers
+                    ),
                 )
             ),
             timeout=10,
@@ -107,7 +113,8 @@ async def test_traces_and_metrics_arrive_with_headers(
     assert names["chat echo-1"] == 2
     assert "aigw.v1.AdminService/SetOtelConfig" in names
     trace_requests = receiver.trace_requests()
-    assert trace_requests and receiver.metric_requests()
+    assert trace_requests
+    assert receiver.metric_requests()
     for record in receiver.requests:
         got = record.metadata_dict if kind == "grpc" else record.headers
         assert got["x-tenant"] == "acme"
@@ -156,7 +163,9 @@ async def test_metric_temporality_follows_the_config(
         await admin.SetOtelConfig(
             admin_pb2.SetOtelConfigRequest(
                 config=otel_config_pb2.OtelConfig(
-                    metrics=exporter(HTTP, PROTO, http_receiver.metrics_url, temporality=temporality)
+                    metrics=exporter(
+                        HTTP, PROTO, http_receiver.metrics_url, temporality=temporality
+                    )
                 )
             ),
             timeout=10,
@@ -231,7 +240,8 @@ async def test_switching_under_load_delivers_every_span_exactly_once(gateway: Ga
         received = collections.Counter(
             (trace_id, span_id) for r in (a, b, c) for trace_id, span_id, _ in r.spans()
         )
-        assert not a.violations and not b.violations
+        assert not a.violations
+        assert not b.violations
     expected = {
         (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
         for s in captured.get_finished_spans()
@@ -242,7 +252,8 @@ async def test_switching_under_load_delivers_every_span_exactly_once(gateway: Ga
     missing = expected - received.keys()
     assert not missing, f"{len(missing)} of {len(expected)} spans never arrived"
     snapshot = gateway.telemetry.trace_stats.snapshot()
-    assert snapshot.failed == 0 and snapshot.dropped == 0
+    assert snapshot.failed == 0
+    assert snapshot.dropped == 0
 
 
 async def test_failing_backend_costs_counted_drops_never_requests(gateway: Gateway) -> None:
@@ -253,7 +264,9 @@ async def test_failing_backend_costs_counted_drops_never_requests(gateway: Gatew
                 admin_pb2.SetOtelConfigRequest(
                     config=otel_config_pb2.OtelConfig(
                         traces=exporter(
-                            HTTP, PROTO, receiver.traces_url,
+                            HTTP,
+                            PROTO,
+                            receiver.traces_url,
                             timeout=duration_pb2.Duration(seconds=1),
                         )
                     )

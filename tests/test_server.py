@@ -22,7 +22,7 @@ _LISTENING = re.compile(r"serving gRPC on [\d.]+:(\d+), metrics on http://[\d.]+
 async def test_reflection_lists_both_services(channel: grpc.aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
-    async def requests():  # noqa: ANN202
+    async def requests():
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
     services = set()
@@ -40,8 +40,17 @@ async def test_health_is_serving(channel: grpc.aio.Channel) -> None:
 
 async def _start_process(*args: str, state_dir: Path) -> tuple[asyncio.subprocess.Process, int]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--listen", "127.0.0.1:0",
-        "--metrics-listen", "127.0.0.1:0", "--state-dir", str(state_dir), *args,
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        *args,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -59,7 +68,7 @@ async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(
 ) -> None:
     config = tmp_path / "aigw.toml"
     config.write_text(
-        '[server]\ngrace_period_seconds = 10\n'
+        "[server]\ngrace_period_seconds = 10\n"
         '[routes.slow]\nprovider = "echo"\ntoken_delay_ms = 100\n'
     )
     proc, port = await _start_process("--config", str(config), state_dir=tmp_path / "state")
@@ -88,7 +97,12 @@ async def test_a_bad_config_stops_start_up_naming_file_and_key(tmp_path: Path) -
     config = tmp_path / "bad.toml"
     config.write_text('[routes.x]\nprovider = "openai"\ntimeout_seconds = -1\nbogus = 1\n')
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
         stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(20):
