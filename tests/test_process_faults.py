@@ -11,6 +11,7 @@ import random
 import signal
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -83,7 +84,7 @@ async def test_kill_9_during_set_otel_config_leaves_old_or_new(tmp_path: Path) -
         await task
         await stop_process(proc)
         # Old or new, never torn: the file parses and loads every round.
-        settings = FileConfigStore(tmp_path / "otel-config.json").load()
+        settings = await asyncio.to_thread(FileConfigStore(tmp_path / "otel-config.json").load)
         assert settings is not None, f"round {round_}: no config file"
         assert settings.traces.endpoint in endpoints
         assert dict(settings.traces.headers)["x-round"].isdigit()
@@ -168,12 +169,8 @@ async def test_garbage_on_both_ports_does_not_disturb_other_clients(tmp_path: Pa
                 assert (await stub.Complete(chat("still fine"), timeout=5)).content == "still fine"
             finally:
                 idle.close()
-        body = await asyncio.to_thread(
-            lambda: (
-                __import__("urllib.request")
-                .request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-                .read()
-            )
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
         )
         assert b"rpc_server_call_duration_seconds_count" in body
         assert proc.returncode is None
