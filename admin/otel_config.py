@@ -95,7 +95,7 @@ def _enum(
 ) -> str | None:
     if value in table:
         return table[value]
-    names = [n for n in enum if not n.endswith("UNSPECIFIED")]  # type: ignore[attr-defined]
+    names = [n for n in enum.keys() if not n.endswith("UNSPECIFIED")]  # type: ignore[attr-defined]  # noqa: SIM118 - EnumTypeWrapper is not iterable
     problems.append((path, f"unknown value {value}; expected one of {', '.join(names)}"))
     return None
 
@@ -131,7 +131,11 @@ def _endpoint(url: str, protocol: str, path: str, problems: list[tuple[str, str]
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         problems.append((path, "must not contain spaces or control characters"))
         return
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        problems.append((path, f"not a valid URL: {e}"))
+        return
     if parts.scheme not in ("http", "https"):
         problems.append((path, f"must start with http:// or https://, got {url[:80]!r}"))
         return
