@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from gateway.redaction import install
+
+    install()
     try:
         config = configure(args)
     except ConfigError as e:

@@ -196,8 +196,8 @@ def _label_keys(v: Any) -> str | None:
 def _url(v: Any) -> str | None:
     if not isinstance(v, str):
         return "must be a string"
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
-        return f"must be an http:// or https:// URL, got {v!r}"
+    if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", v):
+        return "must be an http:// or https:// URL without credentials (use api_key_env)"
     return None
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 
 from gateway.config import RouteConfig
 from gateway.errors import RouteNotFound
 from gateway.providers import Provider, build_provider
+from gateway.redaction import REDACTOR
 
 __all__ = ["Router"]
 
@@ -18,6 +20,12 @@ class Router:
         self._providers: dict[str, Provider] = {
             name: build_provider(route) for name, route in self._routes.items()
         }
+        # Keys are read per call from the environment; the values known now are redacted
+        # from every log line, since upstreams echo rejected keys.
+        REDACTOR.set_secrets(
+            f"router-{id(self)}",
+            [os.environ.get(r.api_key_env, "") for r in self._routes.values() if r.api_key_env],
+        )
 
     @property
     def names(self) -> list[str]:

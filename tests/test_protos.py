@@ -27,10 +27,14 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         check=True,
         cwd=PROTOS,
     )
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*_pb2*.py*")}
-    committed = {
-        p.relative_to(PROTOS): p.read_bytes() for p in (PROTOS / "aigw").rglob("*_pb2*.py*")
-    }
+    def generated(root: Path) -> dict[Path, bytes]:
+        return {
+            p.relative_to(root): p.read_bytes()
+            for p in root.rglob("*_pb2*")
+            if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts
+        }
+
+    fresh, committed = generated(tmp_path), generated(PROTOS)
     assert fresh.keys() == committed.keys(), "generated files differ in name: run `make protos`"
     stale = sorted(str(name) for name in fresh if fresh[name] != committed[name])
     assert not stale, f"stale generated code {stale}: run `make protos`"

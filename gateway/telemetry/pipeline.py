@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.config import TelemetryConfig
+from gateway.redaction import REDACTOR
 from gateway.telemetry.catalog import CATALOG, histogram_views
 from gateway.telemetry.export_settings import OtelSettings
 from gateway.telemetry.export_stats import ExportStats
@@ -93,6 +94,9 @@ class Telemetry:
         certificate, say) leaves the running export untouched.
         """
         traces, metrics = settings.traces, settings.metrics
+        REDACTOR.set_secrets(
+            f"otlp-export-{id(self)}", [v for _, v in (*traces.headers, *metrics.headers)]
+        )
         traces_changed = traces != self.settings.traces
         metrics_changed = metrics != self.settings.metrics
         span_exporter = build_span_exporter(traces) if traces_changed and traces.enabled else None

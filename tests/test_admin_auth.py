@@ -1,0 +1,143 @@
+"""Who may call AdminService: the bearer token when AIGW_ADMIN_TOKEN is set, loopback otherwise.
+
+Real gateways on 127.0.0.1 (conftest's gateway_factory, with an explicit `env`), real gRPC
+clients. A
+non-loopback peer cannot be produced on 127.0.0.1, so `is_loopback_peer` is unit-tested on the
+peer strings gRPC hands the servicer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
+
+from admin.auth import is_loopback_peer
+from tests.conftest import GatewayFactory, chat
+
+TOKEN = "adm1n-t0ken-5f3c9e7a"
+
+
+def admin_calls(stub: admin_pb2_grpc.AdminServiceStub) -> dict[str, Callable[..., Any]]:
+    """One harmless call per AdminService method (each answers OK when authorised)."""
+    return {
+        "GetOtelConfig": lambda **kw: stub.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), **kw),
+        "SetOtelConfig": lambda **kw: stub.SetOtelConfig(
+            admin_pb2.SetOtelConfigRequest(
+                config=otel_config_pb2.OtelConfig(
+                    traces=otel_config_pb2.ExporterConfig(endpoint="http://127.0.0.1:9/v1/traces")
+                )
+            ),
+            **kw,
+        ),
+        "ListTraces": lambda **kw: stub.ListTraces(admin_pb2.ListTracesRequest(), **kw),
+    }
+
+
+async def test_with_a_token_admin_calls_need_the_bearer_token(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(env={"AIGW_ADMIN_TOKEN": TOKEN})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        refused_metadata: dict[str, list[tuple[str, str]]] = {
+            "no authorization": [],
+            "wrong token": [("authorization", "Bearer not-the-token")],
+            "token without the Bearer scheme": [("authorization", TOKEN)],
+            "token with a suffix": [("authorization", f"Bearer {TOKEN}x")],
+            "empty bearer": [("authorization", "Bearer ")],
+        }
+        for name, call in admin_calls(stub).items():
+            for case, metadata in refused_metadata.items():
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(metadata=metadata, timeout=5)
+                assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, (name, case)
+                assert TOKEN not in (info.value.details() or ""), (name, case)
+
+        # Nothing a refused Set carried was applied.
+        good = [("authorization", f"Bearer {TOKEN}")]
+        current = await stub.GetOtelConfig(
+            admin_pb2.GetOtelConfigRequest(), metadata=good, timeout=5
+        )
+        assert current.version == 0
+        assert current.config.traces.endpoint == ""
+
+        for call in admin_calls(stub).values():
+            await call(metadata=good, timeout=5)  # no error: authorised
+        # A TestOtelConfig and a GetTrace that pass auth reach the servicer (its own errors).
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetTrace(admin_pb2.GetTraceRequest(trace_id="0" * 32), metadata=good)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.TestOtelConfig(admin_pb2.TestOtelConfigRequest(), metadata=good)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        for rpc, request in (
+            (stub.GetTrace, admin_pb2.GetTraceRequest(trace_id="0" * 32)),
+            (stub.TestOtelConfig, admin_pb2.TestOtelConfigRequest()),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await rpc(request, timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_with_a_token_completion_calls_need_none(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(env={"AIGW_ADMIN_TOKEN": TOKEN})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        completion = completion_pb2_grpc.CompletionStub(ch)
+        reply = await completion.Complete(chat("no token here"), timeout=5)
+        assert reply.content == "no token here"
+        chunks = [c async for c in completion.StreamComplete(chat("a b"), timeout=5)]
+        assert "".join(c.delta for c in chunks) == "a b"
+
+
+async def test_without_a_token_loopback_callers_are_allowed(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(env={})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        for call in admin_calls(stub).values():
+            await call(timeout=5)
+        # A stray authorization header does not matter when no token is configured.
+        got = await stub.GetOtelConfig(
+            admin_pb2.GetOtelConfigRequest(),
+            metadata=[("authorization", "Bearer whatever")],
+            timeout=5,
+        )
+        assert got.version == 1  # the SetOtelConfig above was applied
+
+
+@pytest.mark.parametrize(
+    ("peer", "loopback"),
+    [
+        ("ipv4:127.0.0.1:5", True),
+        ("ipv4:127.0.0.2:50051", True),  # all of 127/8 is loopback
+        ("ipv6:[::1]:5", True),
+        ("ipv6:[::ffff:127.0.0.1]:5", True),
+        ("unix:/tmp/x", True),
+        ("ipv4:10.0.0.1:5", False),
+        ("ipv6:[2001:db8::1]:5", False),
+        ("ipv6:[::ffff:10.0.0.1]:5", False),
+        ("ipv4:0.0.0.0:5", False),
+        ("ipv4:localhost:5", False),  # a name is not an address
+        ("unknown", False),
+        ("", False),
+    ],
+)
+def test_is_loopback_peer(peer: str, loopback: bool) -> None:
+    assert is_loopback_peer(peer) is loopback
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "gRPC core formats IPv6 peers URI-escaped, 'ipv6:%5B::1%5D:PORT' (grpc/grpc#30852); "
+        "is_loopback_peer only strips literal brackets, so ipaddress rejects '%5B::1%5D' and an "
+        "IPv6 loopback admin caller gets PERMISSION_DENIED when AIGW_ADMIN_TOKEN is unset"
+    ),
+)
+def test_is_loopback_peer_accepts_the_uri_escaped_ipv6_form_grpc_reports() -> None:
+    assert is_loopback_peer("ipv6:%5B::1%5D:54621") is True
