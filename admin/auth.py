@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -26,7 +27,8 @@ def is_loopback_peer(peer: str) -> bool:
         return True
     if kind not in ("ipv4", "ipv6"):
         return False
-    host = rest.rpartition(":")[0].strip("[]")
+    # gRPC core reports IPv6 peers URI-escaped: "ipv6:%5B::1%5D:port" (grpc/grpc#30852).
+    host = unquote(rest).rpartition(":")[0].strip("[]")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

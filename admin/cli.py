@@ -90,7 +90,10 @@ def _edit(
     edited = otel_config_pb2.OtelConfig()
     for section in _SECTIONS:
         values = {k[len(section) + 1 :]: v for k, v in vars(args).items() if k.startswith(section)}
-        touched = any(v not in (None, [], False) for v in values.values())
+        # `is not None`, not truthiness: `--traces-enabled false` is a change too.
+        touched = values["clear_headers"] or any(
+            v is not None and v != [] for k, v in values.items() if k != "clear_headers"
+        )
         if not touched:
             continue
         current = getattr(config, section)

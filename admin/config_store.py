@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from admin.otel_config import check_settings
 from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
 
 __all__ = ["ConfigStore", "ConfigStoreError", "FileConfigStore"]
@@ -68,7 +69,7 @@ class FileConfigStore:
             doc = json.loads(raw)
             if doc.get("format") != FORMAT:
                 raise ConfigStoreError(str(self.path), f"unknown format {doc.get('format')!r}")
-            return OtelSettings(
+            settings = OtelSettings(
                 traces=_section(doc["traces"]),
                 metrics=_section(doc["metrics"]),
                 version=int(doc["version"]),
@@ -81,6 +82,10 @@ class FileConfigStore:
                 f"corrupt OTEL config ({type(e).__name__}); fix or remove the file to start "
                 "from the environment defaults",
             ) from None
+        if problems := check_settings(settings):
+            listed = "; ".join(f"{path}: {problem}" for path, problem in problems)
+            raise ConfigStoreError(str(self.path), f"invalid OTEL config: {listed}")
+        return settings
 
     def save(self, settings: OtelSettings) -> None:
         directory = self.path.parent

@@ -28,6 +28,7 @@ from gateway.telemetry.export_settings import (
 __all__ = [
     "MASK",
     "InvalidConfig",
+    "check_settings",
     "from_environment",
     "merge",
     "section_from_proto",
@@ -134,13 +135,14 @@ def _endpoint(url: str, protocol: str, path: str, problems: list[tuple[str, str]
     try:
         parts = urlsplit(url)
     except ValueError as e:  # e.g. an unclosed IPv6 bracket
-        problems.append((path, f"not a valid URL: {e}"))
+        problems.append((path, f"not a valid URL ({type(e).__name__})"))
         return
     if parts.scheme not in ("http", "https"):
-        problems.append((path, f"must start with http:// or https://, got {url[:80]!r}"))
+        # The URL itself is never echoed: a malformed one may still carry user:password@.
+        problems.append((path, "must start with http:// or https://"))
         return
     if not parts.hostname:
-        problems.append((path, f"has no host: {url[:80]!r}"))
+        problems.append((path, "has no host"))
         return
     if parts.username is not None or parts.password is not None:
         problems.append((path, "must not carry credentials; put them in headers"))
@@ -298,7 +300,36 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def _section_to_proto(s: ExporterSettings, metrics: bool) -> otel_config_pb2.ExporterConfig:
+_LITERALS = {
+    "protocol": ("http", "grpc"),
+    "encoding": ("proto", "json"),
+    "compression": ("none", "gzip"),
+    "temporality": ("cumulative", "delta"),
+}
+
+
+def check_settings(settings: OtelSettings) -> list[tuple[str, str]]:
+    """Every problem in settings that did not come through the API (a stored file): the same
+    rules as a Set, so a hand-edited file cannot smuggle in what the API would refuse."""
+    problems: list[tuple[str, str]] = []
+    for name in ("traces", "metrics"):
+        s: ExporterSettings = getattr(settings, name)
+        bad = [f for f, allowed in _LITERALS.items() if getattr(s, f) not in allowed]
+        problems += [(f"{name}.{f}", "not a known value") for f in bad]
+        numbers = ("timeout", "export_interval")
+        if any(not isinstance(getattr(s, f), int | float) for f in numbers):
+            problems.append((name, "timeout and export_interval must be numbers"))
+            continue
+        if bad:
+            continue
+        pb = _section_to_proto(s, metrics=name == "metrics", masked=False)
+        section_from_proto(pb, name, ExporterSettings(), problems)
+    return problems
+
+
+def _section_to_proto(
+    s: ExporterSettings, metrics: bool, *, masked: bool = True
+) -> otel_config_pb2.ExporterConfig:
     pb = otel_config_pb2.ExporterConfig(
         enabled=s.enabled,
         protocol=otel_config_pb2.PROTOCOL_GRPC
@@ -308,7 +339,7 @@ def _section_to_proto(s: ExporterSettings, metrics: bool) -> otel_config_pb2.Exp
         encoding=otel_config_pb2.ENCODING_JSON
         if s.encoding == "json"
         else otel_config_pb2.ENCODING_PROTO,
-        headers={name: MASK for name, _ in s.headers},
+        headers={name: MASK if masked else value for name, value in s.headers},
         timeout=_duration(s.timeout),
         compression=otel_config_pb2.COMPRESSION_GZIP
         if s.compression == "gzip"
@@ -344,12 +375,13 @@ _ENV_PROTOCOL = {
 def _env_headers(text: str) -> dict[str, str]:
     """`k1=v1,k2=v2` with percent-encoded values, as the OTLP exporter spec defines."""
     headers: dict[str, str] = {}
-    for pair in text.split(","):
+    for position, pair in enumerate(text.split(","), start=1):
         if not pair.strip():
             continue
         name, sep, value = pair.partition("=")
         if not sep:
-            raise InvalidConfig([("headers", f"entry {name.strip()[:64]!r} is not NAME=VALUE")])
+            # Never echo the entry: it is usually "authorization:<the key>".
+            raise InvalidConfig([("headers", f"entry {position} is not NAME=VALUE")])
         headers[name.strip()] = unquote(value.strip())
     return headers
 
@@ -392,7 +424,10 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
             problems.extend((f"OTEL_EXPORTER_OTLP_{sig}_HEADERS", m) for _, m in e.problems)
         if timeout_ms := var("TIMEOUT"):
             try:
-                pb.timeout.CopyFrom(_duration(float(timeout_ms) / 1000))
+                seconds = float(timeout_ms) / 1000
+                if not math.isfinite(seconds) or abs(seconds) > 1e9:
+                    raise ValueError(timeout_ms)
+                pb.timeout.CopyFrom(_duration(seconds))
             except ValueError:
                 problems.append((f"OTEL_EXPORTER_OTLP_{sig}_TIMEOUT", "milliseconds expected"))
         if (var("COMPRESSION") or "").strip().lower() == "gzip":
@@ -404,8 +439,9 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
             if interval_ms := env.get("OTEL_METRIC_EXPORT_INTERVAL"):
                 try:
                     seconds = float(interval_ms) / 1000
-                    if math.isfinite(seconds):
-                        pb.export_interval.CopyFrom(_duration(seconds))
+                    if not math.isfinite(seconds) or abs(seconds) > 1e9:
+                        raise ValueError(interval_ms)
+                    pb.export_interval.CopyFrom(_duration(seconds))
                 except ValueError:
                     problems.append(("OTEL_METRIC_EXPORT_INTERVAL", "milliseconds expected"))
     if problems:

@@ -131,13 +131,5 @@ def test_is_loopback_peer(peer: str, loopback: bool) -> None:
     assert is_loopback_peer(peer) is loopback
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gRPC core formats IPv6 peers URI-escaped, 'ipv6:%5B::1%5D:PORT' (grpc/grpc#30852); "
-        "is_loopback_peer only strips literal brackets, so ipaddress rejects '%5B::1%5D' and an "
-        "IPv6 loopback admin caller gets PERMISSION_DENIED when AIGW_ADMIN_TOKEN is unset"
-    ),
-)
 def test_is_loopback_peer_accepts_the_uri_escaped_ipv6_form_grpc_reports() -> None:
     assert is_loopback_peer("ipv6:%5B::1%5D:54621") is True

@@ -180,15 +180,6 @@ async def test_otel_set_rejected_exits_1_with_the_server_message(
     assert (await get_config(gw)).version == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "admin.cli._edit decides a section is touched with `v not in (None, [], False)`; "
-        "False == False (and 0.0 == False), so `otel set --traces-enabled false` alone counts "
-        "as no change: it prints 'nothing to change' and exits 2, and export cannot be "
-        "switched off with that flag (same for a lone `--traces-timeout 0s`)"
-    ),
-)
 async def test_otel_set_traces_enabled_false_switches_export_off(
     start_gateway: StartGateway, http_rx: HttpOtlpReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:

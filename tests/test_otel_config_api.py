@@ -665,17 +665,6 @@ def _stored_doc(**traces: Any) -> dict[str, Any]:
     return {"format": 1, "version": 4, "traces": {**section, **traces}, "metrics": section}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FileConfigStore.load checks only the JSON shape, never the values, and "
-        "OtelConfigManager.start applies what it loaded without validation: a hand-edited or "
-        "tampered otel-config.json with an invalid endpoint/protocol/timeout/header value is "
-        "accepted at start (the gateway starts exporting with it, and Get shows e.g. "
-        "PROTOCOL_HTTP for 'carrier-pigeon' or timeout -5s) instead of failing with a "
-        "ConfigStoreError naming the file"
-    ),
-)
 async def test_a_state_file_with_invalid_values_stops_the_start(
     start_gateway: StartGateway, tmp_path: Path
 ) -> None:
@@ -839,14 +828,6 @@ async def test_bad_environment_stops_the_start_naming_the_variable(
     assert BAD_VALUE not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "admin.otel_config._env_headers echoes a malformed OTEL_EXPORTER_OTLP_HEADERS entry "
-        "(up to 64 chars) in the InvalidConfig message: 'authorization:Bearer <key>' (':' "
-        "instead of '=') puts the API key into the start-up error and the logs"
-    ),
-)
 async def test_a_malformed_headers_variable_does_not_echo_the_secret(
     start_gateway: StartGateway,
 ) -> None:
@@ -860,15 +841,6 @@ async def test_a_malformed_headers_variable_does_not_echo_the_secret(
     assert "sk-live-0123456789abcdef" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason=(
-        "from_environment converts OTEL_EXPORTER_OTLP_TIMEOUT with float() and rounds it to "
-        "nanoseconds without a finiteness check (unlike OTEL_METRIC_EXPORT_INTERVAL): 'inf' "
-        "escapes as a bare OverflowError instead of an InvalidConfig naming the variable"
-    ),
-)
 async def test_an_infinite_timeout_variable_is_an_invalid_config(
     start_gateway: StartGateway,
 ) -> None:
@@ -1092,15 +1064,6 @@ async def test_secrets_never_appear_in_any_admin_response(
         assert_no_secret(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "admin.otel_config._endpoint checks scheme and host before credentials and echoes the "
-        "URL (first 80 chars) in those errors, so 'user:password@host/...' without a scheme, or "
-        "'http://user:password@/...' without a host, puts the password into the INVALID_ARGUMENT "
-        "details; only a well-formed URL gets the credential-free 'must not carry credentials'"
-    ),
-)
 async def test_credentials_in_a_malformed_url_are_not_echoed(start_gateway: StartGateway) -> None:
     gw = await start_gateway()
     channel, c = await client_for(gw)
