@@ -201,7 +201,13 @@ def _headers(
             continue
         if value == MASK:
             if name not in stored:
-                problems.append((where, "masked value sent, but no value is stored for it"))
+                problems.append(
+                    (
+                        where,
+                        "masked value sent, but no value is stored for it at this endpoint's "
+                        "origin; send the value itself",
+                    )
+                )
                 continue
             value = stored[name]
         elif len(value) > MAX_HEADER_VALUE:
@@ -218,6 +224,14 @@ def _headers(
             continue
         out[name] = value
     return tuple(out.items())
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme, (parts.hostname or ""), parts.port
+    except ValueError:
+        return None
 
 
 def section_from_proto(
@@ -239,7 +253,10 @@ def section_from_proto(
         _endpoint(pb.endpoint, protocol or "http", p + "endpoint", problems)
     elif pb.enabled:
         problems.append((p + "endpoint", "required when enabled"))
-    headers = _headers(pb.headers, stored.header_dict, protocol or "http", p + "headers", problems)
+    # A masked value keeps the stored secret only for the same origin: otherwise anyone with
+    # admin access could point the endpoint at their own server and receive the secret.
+    kept = stored.header_dict if _origin(pb.endpoint) == _origin(stored.endpoint) else {}
+    headers = _headers(pb.headers, kept, protocol or "http", p + "headers", problems)
     timeout = DEFAULT_TIMEOUT
     if pb.HasField("timeout"):
         timeout = _seconds(pb.timeout, p + "timeout", TIMEOUT_RANGE, problems) or DEFAULT_TIMEOUT

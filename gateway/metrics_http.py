@@ -1,17 +1,34 @@
 """The HTTP side-port: Prometheus `/metrics` from the gateway's own registry.
 
-prometheus-client's server runs in its own threads, so a scrape (which walks every metric)
-never runs on the event loop that serves gRPC.
+The server runs in its own threads (one per scrape), so a scrape — which walks every metric —
+never runs on the event loop that serves gRPC, and a slow or garbage-sending client holds only
+its own thread. prometheus-client's WSGI app does the exposition (content negotiation,
+OpenMetrics, gzip); we own the server so it stops at once (its default polls every 0.5 s).
 """
 
 from __future__ import annotations
 
+import socket
 import threading
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 __all__ = ["MetricsServer"]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return None
 
 
 class MetricsServer:
@@ -23,9 +40,21 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self._port, addr=self._host, registry=self._registry
+        server_class = _Server6 if ":" in self._host else _Server
+        self._server = make_server(
+            self._host,
+            self._port,
+            make_wsgi_app(self._registry),
+            server_class=server_class,
+            handler_class=_QuietHandler,
         )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="aigw-metrics-http",
+            daemon=True,
+        )
+        self._thread.start()
 
     @property
     def port(self) -> int:

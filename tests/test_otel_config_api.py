@@ -858,10 +858,23 @@ async def test_test_export_reports_the_backend_answer_and_changes_nothing(
     gw = await start_gateway()
     channel, c = await client_for(gw)
     async with channel:
+        # Stored disabled at the receiver's origin, so Test may reuse the secret behind the mask.
         await c.set(
-            _traces(endpoint="http://127.0.0.1:9/v1/traces", headers={"x-api-key": SECRET_KEY})
+            _traces(
+                enabled=False,
+                endpoint=http_rx.url("/other/path"),
+                headers={"x-api-key": SECRET_KEY},
+            )
         )
         before = await c.get()
+        # The mask never carries a secret to another origin: that would hand it to whoever
+        # controls the new endpoint.
+        with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+            await c.test(
+                Cfg(traces=E(endpoint="http://127.0.0.1:9/v1/traces", headers={"x-api-key": MASK}))
+            )
+        assert elsewhere.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "traces.headers['x-api-key']" in elsewhere.value.details()
 
         # 200: success, and a real export reached the receiver, stored secret behind the mask.
         ok = await c.test(
@@ -940,7 +953,7 @@ async def test_test_export_reports_the_backend_answer_and_changes_nothing(
 
         after = await c.get()
         assert (after.config, after.version) == (before.config, before.version)
-        assert after.config.traces.endpoint == "http://127.0.0.1:9/v1/traces"
+        assert after.config.traces.endpoint == before.config.traces.endpoint
 
 
 async def test_test_export_rejects_an_invalid_request(start_gateway: StartGateway) -> None:

@@ -117,8 +117,14 @@ async def test_kill_9_under_load_leaves_a_trace_store_that_opens(tmp_path: Path)
             os.kill(proc.pid, signal.SIGKILL)
     finally:
         await stop_process(proc)
+    listed = []
     with TraceStore.open(tmp_path / "traces.db", max_spans=10**6, max_age_seconds=1e9) as store:
-        listed, _ = store.list_traces(model="echo", page_size=1000)
+        token = ""
+        while True:
+            page, token = store.list_traces(model="echo", page_size=1000, page_token=token)
+            listed += page
+            if not token:
+                break
     # Documented bound: what was queued and not yet written, at most one flush interval
     # (0.2 s) or one batch (512 spans) — here the process was idle for no time at all.
     assert len(listed) >= done - 512, (len(listed), done)
