@@ -22,10 +22,10 @@ from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2, completion_pb2_gr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from admin.auth import AdminAuthInterceptor
 from admin.config_manager import OtelConfigManager
 from admin.config_store import FileConfigStore
 from admin.servicer import AdminServicer
+from gateway.auth import AuthInterceptor, parse_api_keys
 from gateway.completion import CompletionServicer
 from gateway.config import GatewayConfig, parse_listen_address
 from gateway.metrics_http import MetricsServer
@@ -86,7 +86,13 @@ class Gateway:
         limit = server_cfg.max_message_bytes
         self._server = server = grpc.aio.server(
             # Telemetry outermost: refused admin calls are traced and counted too.
-            interceptors=[interceptor, AdminAuthInterceptor(self._env.get("AIGW_ADMIN_TOKEN", ""))],
+            interceptors=[
+                interceptor,
+                AuthInterceptor(
+                    self._env.get("AIGW_ADMIN_TOKEN", ""),
+                    parse_api_keys(self._env.get("AIGW_API_KEYS", "")),
+                ),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

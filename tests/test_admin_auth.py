@@ -1,4 +1,4 @@
-"""Who may call AdminService: the bearer token when AIGW_ADMIN_TOKEN is set, loopback otherwise.
+"""Who may call what: the admin token, client API keys, loopback when no admin token is set.
 
 Real gateways on 127.0.0.1 (conftest's gateway_factory, with an explicit `env`), real gRPC
 clients. A
@@ -15,7 +15,7 @@ import grpc
 import pytest
 from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
 
-from admin.auth import is_loopback_peer
+from gateway.auth import is_loopback_peer
 from tests.conftest import GatewayFactory, chat
 
 TOKEN = "adm1n-t0ken-5f3c9e7a"
@@ -133,3 +133,67 @@ def test_is_loopback_peer(peer: str, loopback: bool) -> None:
 
 def test_is_loopback_peer_accepts_the_uri_escaped_ipv6_form_grpc_reports() -> None:
     assert is_loopback_peer("ipv6:%5B::1%5D:54621") is True
+
+
+CLIENT_KEYS = ("client-key-one-0123", "client-key-two-4567")
+
+
+async def test_api_keys_guard_completion_and_are_not_admin_tokens(
+    gateway_factory: GatewayFactory,
+) -> None:
+    from aigw.v1 import completion_pb2_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.conftest import chat
+
+    gw = await gateway_factory(
+        env={"AIGW_ADMIN_TOKEN": TOKEN, "AIGW_API_KEYS": ",".join(CLIENT_KEYS) + ", "}
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        completion = completion_pb2_grpc.CompletionStub(ch)
+        admin = admin_pb2_grpc.AdminServiceStub(ch)
+
+        def bearer(token: str) -> list[tuple[str, str]]:
+            return [("authorization", f"Bearer {token}")]
+
+        for meta in ([], bearer("wrong"), bearer(CLIENT_KEYS[0] + "x")):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await completion.Complete(chat(), metadata=meta, timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [c async for c in completion.StreamComplete(chat(), metadata=meta, timeout=5)]
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        for key in (*CLIENT_KEYS, TOKEN):
+            reply = await completion.Complete(chat("ok"), metadata=bearer(key), timeout=5)
+            assert reply.content == "ok"
+        # A client key is a known caller, just not an admin.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await admin.GetOtelConfig(
+                admin_pb2.GetOtelConfigRequest(), metadata=bearer(CLIENT_KEYS[1]), timeout=5
+            )
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert CLIENT_KEYS[1] not in info.value.details()
+        await admin.GetOtelConfig(
+            admin_pb2.GetOtelConfigRequest(), metadata=bearer(TOKEN), timeout=5
+        )
+        # Probes stay open.
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_client_key_cannot_use_the_loopback_admin_path(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(env={"AIGW_API_KEYS": CLIENT_KEYS[0]})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        admin = admin_pb2_grpc.AdminServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await admin.GetOtelConfig(
+                admin_pb2.GetOtelConfigRequest(),
+                metadata=[("authorization", f"Bearer {CLIENT_KEYS[0]}")],
+                timeout=5,
+            )
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        # Loopback with no token is still the operator at the machine.
+        await admin.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)

@@ -1,0 +1,152 @@
+"""Who may call what.
+
+- AdminService: with AIGW_ADMIN_TOKEN set, a call needs `authorization: Bearer <that token>`;
+  with none set, only loopback peers may call (an admin port left open by accident must not
+  hand out where the telemetry goes).
+- Completion: with AIGW_API_KEYS set (comma-separated), a call needs `authorization: Bearer
+  <one of them>`; with none set, Completion is open (run it behind your own edge auth).
+
+A missing or unknown token is UNAUTHENTICATED; a valid client key on AdminService is
+PERMISSION_DENIED — the caller is known, just not an admin. Tokens are compared in constant
+time, against every candidate, so timing reveals neither a token nor which list it is in.
+Health and reflection stay open, as probes and grpcurl expect.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+
+__all__ = ["AuthInterceptor", "is_loopback_peer", "parse_api_keys"]
+
+_ADMIN_PREFIX = "/aigw.v1.AdminService/"
+_COMPLETION_PREFIX = "/aigw.v1.Completion/"
+
+
+def is_loopback_peer(peer: str) -> bool:
+    kind, _, rest = peer.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    # gRPC core reports IPv6 peers URI-escaped: "ipv6:%5B::1%5D:port" (grpc/grpc#30852).
+    host = unquote(rest).rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _matches(given: bytes, candidates: Iterable[bytes]) -> bool:
+    found = False
+    for candidate in candidates:
+        found |= hmac.compare_digest(given, candidate)
+    return found
+
+
+def _deny(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    if handler.unary_stream is not None:
+
+        async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(code, message)
+            yield  # pragma: no cover - makes this an async generator
+
+        return grpc.unary_stream_rpc_method_handler(
+            deny_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, admin_token: str, api_keys: tuple[str, ...] = ()) -> None:
+        self._admin = (f"Bearer {admin_token}".encode(),) if admin_token else ()
+        self._clients = tuple(f"Bearer {k}".encode() for k in api_keys)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None:
+            return handler
+        admin = method.startswith(_ADMIN_PREFIX)
+        if not admin and not (self._clients and method.startswith(_COMPLETION_PREFIX)):
+            return handler
+        metadata = handler_call_details.invocation_metadata or ()  # type: ignore[attr-defined]
+        given = next((v for k, v in metadata if k == "authorization"), "")
+        token = given.encode() if isinstance(given, str) else bytes(given)
+        is_admin = _matches(token, self._admin)
+        is_client = _matches(token, self._clients)
+        if not admin:
+            if is_client or is_admin:
+                return handler
+            return _deny(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "authorization: Completion needs 'Bearer <API key>' (one of AIGW_API_KEYS)",
+            )
+        if self._admin:
+            if is_admin:
+                return handler
+            if is_client:
+                return _deny(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "authorization: this API key may call Completion only, not AdminService",
+                )
+            return _deny(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "authorization: AdminService needs 'Bearer <AIGW_ADMIN_TOKEN>'",
+            )
+        if is_client:
+            return _deny(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "authorization: this API key may call Completion only, not AdminService",
+            )
+        return _loopback_only(handler)
+
+
+def _loopback_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The peer is known only inside the call, so the check wraps the handler."""
+    behavior = handler.unary_unary
+    assert behavior is not None, "AdminService methods are unary"
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not is_loopback_peer(context.peer()):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "AdminService accepts only loopback callers when AIGW_ADMIN_TOKEN is unset",
+            )
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        guarded,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
