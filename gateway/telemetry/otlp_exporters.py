@@ -154,70 +154,38 @@ _RecordedHttpSpanExporter = _recorded_http(HttpSpanExporter)
 _RecordedHttpMetricExporter = _recorded_http(HttpMetricExporter)
 
 
-def _common(settings: ExporterSettings) -> tuple[dict[str, str], tuple[str, ...]]:
+def _build(
+    settings: ExporterSettings, grpc_cls: type, json_cls: type, http_cls: type, **extra: Any
+) -> Any:
     headers = settings.header_dict
-    return headers, tuple(v for v in headers.values() if v)
+    secrets = tuple(v for v in headers.values() if v)
+    gzip = settings.compression == "gzip"
+    common = {
+        "endpoint": settings.endpoint,
+        "headers": headers,
+        "timeout": settings.timeout,
+        **extra,
+    }
+    if settings.protocol == "grpc":
+        compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+        return grpc_cls(recorder=_StatusRecorder(secrets), compression=compression, **common)
+    if settings.encoding == "json":
+        return json_cls(compression=settings.compression, **common)
+    compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
+    return http_cls(session=_RecordingSession(secrets), compression=compression, **common)
 
 
 def build_span_exporter(settings: ExporterSettings) -> SpanExporter:
-    headers, secrets = _common(settings)
-    if settings.protocol == "grpc":
-        return _RecordedGrpcSpanExporter(
-            recorder=_StatusRecorder(secrets),
-            endpoint=settings.endpoint,
-            headers=headers,
-            timeout=settings.timeout,
-            compression=grpc.Compression.Gzip
-            if settings.compression == "gzip"
-            else grpc.Compression.NoCompression,
-        )
-    if settings.encoding == "json":
-        return OTLPJsonSpanExporter(
-            endpoint=settings.endpoint,
-            headers=headers,
-            timeout=settings.timeout,
-            compression=settings.compression,
-        )
-    return _RecordedHttpSpanExporter(
-        session=_RecordingSession(secrets),
-        endpoint=settings.endpoint,
-        headers=headers,
-        timeout=settings.timeout,
-        compression=HttpCompression.Gzip
-        if settings.compression == "gzip"
-        else HttpCompression.NoCompression,
+    return _build(
+        settings, _RecordedGrpcSpanExporter, OTLPJsonSpanExporter, _RecordedHttpSpanExporter
     )
 
 
 def build_metric_exporter(settings: ExporterSettings) -> MetricExporter:
-    headers, secrets = _common(settings)
-    temporality = temporality_preference(settings.temporality)
-    if settings.protocol == "grpc":
-        return _RecordedGrpcMetricExporter(
-            recorder=_StatusRecorder(secrets),
-            endpoint=settings.endpoint,
-            headers=headers,
-            timeout=settings.timeout,
-            compression=grpc.Compression.Gzip
-            if settings.compression == "gzip"
-            else grpc.Compression.NoCompression,
-            preferred_temporality=temporality,
-        )
-    if settings.encoding == "json":
-        return OTLPJsonMetricExporter(
-            endpoint=settings.endpoint,
-            headers=headers,
-            timeout=settings.timeout,
-            compression=settings.compression,
-            preferred_temporality=temporality,
-        )
-    return _RecordedHttpMetricExporter(
-        session=_RecordingSession(secrets),
-        endpoint=settings.endpoint,
-        headers=headers,
-        timeout=settings.timeout,
-        compression=HttpCompression.Gzip
-        if settings.compression == "gzip"
-        else HttpCompression.NoCompression,
-        preferred_temporality=temporality,
+    return _build(
+        settings,
+        _RecordedGrpcMetricExporter,
+        OTLPJsonMetricExporter,
+        _RecordedHttpMetricExporter,
+        preferred_temporality=temporality_preference(settings.temporality),
     )
