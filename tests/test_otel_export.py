@@ -317,3 +317,69 @@ async def test_disabling_export_delivers_what_was_queued_then_stops(gateway: Gat
         assert names["aigw.v1.Completion/Complete"] == 1
     dropped = gateway.telemetry.trace_stats.dropped()  # type: ignore[union-attr]
     assert dropped[("export_disabled",)] >= 2
+
+
+@pytest.mark.parametrize("fault", ["refused", "black_hole", "503", "flapping"])
+async def test_backend_faults_never_fail_requests_and_are_counted(
+    gateway: Gateway, fault: str
+) -> None:
+    from tests.otlp_receivers import refusing_endpoint
+
+    with HttpOtlpReceiver() as receiver, refusing_endpoint() as refused:
+        endpoint = refused if fault == "refused" else receiver.traces_url
+        budget = duration_pb2.Duration(seconds=5 if fault == "flapping" else 0)
+        if fault != "flapping":
+            budget.nanos = 500_000_000
+        if fault == "black_hole":
+            receiver.black_hole()
+        elif fault == "503":
+            receiver.respond_with(503, b"overloaded")
+        elif fault == "flapping":
+            for _ in range(10):
+                receiver.respond_with(503, b"flap", times=1)
+                receiver.respond_ok(times=1)
+        async with clients(gateway) as (completion, admin):
+            await admin.SetOtelConfig(
+                admin_pb2.SetOtelConfigRequest(
+                    config=otel_config_pb2.OtelConfig(
+                        # Flapping needs a budget that outlasts one retry backoff (~1 s).
+                        traces=exporter(HTTP, PROTO, endpoint, timeout=budget)
+                    )
+                ),
+                timeout=10,
+            )
+            for i in range(30):
+                reply = await completion.Complete(chat(f"call {i}"), timeout=5)
+                assert reply.content == f"call {i}"
+            await flush(gateway)
+            health = (await admin.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)).health
+            if fault != "flapping":
+                # Nothing arrived; every exported span is accounted for as failed.
+                assert health.traces.failed >= 60
+                assert health.traces.exported == 0
+                assert (
+                    health.traces.last_error.split(":")[0]
+                    == {
+                        "refused": "connection_refused",
+                        "black_hole": "timeout",
+                        "503": "http_5xx",
+                    }[fault]
+                )
+                # Recovery, by itself, once the backend answers again.
+                receiver.respond_ok()
+                if fault == "refused":
+                    await admin.SetOtelConfig(
+                        admin_pb2.SetOtelConfigRequest(
+                            config=otel_config_pb2.OtelConfig(
+                                traces=exporter(HTTP, PROTO, receiver.traces_url)
+                            )
+                        ),
+                        timeout=10,
+                    )
+                await completion.Complete(chat("back"), timeout=5)
+                await flush(gateway)
+                health = (
+                    await admin.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)
+                ).health
+            assert health.traces.exported > 0
+            assert health.traces.last_success_time.ToNanoseconds() > 0
