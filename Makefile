@@ -35,6 +35,17 @@ protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
 		--grpc_python_out=protos protos/aigw/v1/*.proto
 
+# h2load (Debian's nghttp2-client) drives the benchmarks' closed-loop load.
+.PHONY: .h2load
+.h2load:
+	@command -v h2load >/dev/null || \
+		{ $(APT) update -qq && $(APT) install -y -qq --no-install-recommends nghttp2-client; }
+
+# Bare grpc.aio vs aigw (telemetry minimal, full, exporter down): about 5 minutes, 127.0.0.1
+# only; prints one summary line per scenario and rewrites BENCHMARKS.md. ARGS: see --help.
+bench: $(STAMP) .h2load
+	$(BIN)/python -m tests.bench $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

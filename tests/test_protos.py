@@ -27,6 +27,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         check=True,
         cwd=PROTOS,
     )
+
     def generated(root: Path) -> dict[Path, bytes]:
         return {
             p.relative_to(root): p.read_bytes()

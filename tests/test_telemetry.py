@@ -31,6 +31,15 @@ def capture(gw: Gateway) -> InMemorySpanExporter:
     return exporter
 
 
+async def finished(spans: InMemorySpanExporter, n: int) -> tuple[ReadableSpan, ...]:
+    """The spans once `n` have ended: an aborted call's status can reach the client a moment
+    before the server's interceptor has ended its span."""
+    async with asyncio.timeout(5):
+        while len(spans.get_finished_spans()) < n:  # noqa: ASYNC110 - another thread's exporter
+            await asyncio.sleep(0.01)
+    return spans.get_finished_spans()
+
+
 def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
     return [s for s in spans if s.kind is kind]
 
@@ -56,9 +65,9 @@ async def test_unary_call_makes_a_server_span_and_a_genai_client_child(
             ),
             timeout=5,
         )
-    finished = spans.get_finished_spans()
-    [server] = by_kind(finished, SpanKind.SERVER)
-    [client] = by_kind(finished, SpanKind.CLIENT)
+    ended = await finished(spans, 2)
+    [server] = by_kind(ended, SpanKind.SERVER)
+    [client] = by_kind(ended, SpanKind.CLIENT)
     assert server.name == "aigw.v1.Completion/Complete"
     a = server.attributes
     assert a["rpc.system.name"] == "grpc"
@@ -112,7 +121,7 @@ async def test_errors_set_status_code_and_error_type(gateway: Gateway) -> None:
     async with ch:
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Complete(chat(model="nope"), timeout=5)
-    [server] = spans.get_finished_spans()
+    [server] = await finished(spans, 1)
     assert server.attributes["rpc.response.status_code"] == "NOT_FOUND"
     assert server.attributes["error.type"] == "NOT_FOUND"
     # A client's mistake is not a server error (RPC semantic conventions).
@@ -205,7 +214,13 @@ async def test_metrics_count_calls_and_tokens_exactly(gateway_factory: GatewayFa
         _ = [c async for c in stub.StreamComplete(chat("a b c d"), timeout=5)]
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Complete(chat(model="nope"), timeout=5)
-    found = samples(await asyncio.to_thread(scrape, gw))
+    # The NOT_FOUND call's status can reach us just before its duration is recorded.
+    async with asyncio.timeout(5):
+        while True:
+            found = samples(await asyncio.to_thread(scrape, gw))
+            if value(found, "rpc_server_call_duration_seconds_count") >= 5:
+                break
+            await asyncio.sleep(0.02)
     rpc = "rpc_server_call_duration_seconds_count"
     assert (
         value(found, rpc, rpc_method="aigw.v1.Completion/Complete", rpc_response_status_code="OK")

@@ -48,7 +48,7 @@ class Attr:
 class Kind(Enum):
     HISTOGRAM = "histogram"
     COUNTER = "counter"
-    UP_DOWN_COUNTER = "up_down_counter"
+    OBSERVABLE_UP_DOWN_COUNTER = "observable_up_down_counter"
     OBSERVABLE_COUNTER = "observable_counter"
 
 
@@ -113,7 +113,7 @@ class CATALOG:
     )
     ACTIVE_REQUESTS = Instrument(
         "aigw.server.active_requests",
-        Kind.UP_DOWN_COUNTER,
+        Kind.OBSERVABLE_UP_DOWN_COUNTER,
         "{request}",
         "RPCs being served right now.",
         (Attr.RPC_METHOD,),

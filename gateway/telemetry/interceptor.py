@@ -55,11 +55,10 @@ def parse_peer(peer: str) -> tuple[str, int | None]:
 class _Method:
     """What is fixed for one RPC method, computed once."""
 
-    __slots__ = ("by_code", "metric_attrs", "name", "span_attrs")
+    __slots__ = ("by_code", "name", "span_attrs")
 
     def __init__(self, name: str, server_address: str, server_port: int) -> None:
         self.name = name
-        self.metric_attrs: Attributes = {Attr.RPC_METHOD: name}
         self.span_attrs: dict[str, str | int] = {
             Attr.RPC_SYSTEM: "grpc",
             Attr.RPC_METHOD: name,
@@ -128,7 +127,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         if port is not None:
             span.set_attribute(Attr.PEER_PORT, port)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self._metrics.rpc_started(method.metric_attrs)
+        self._metrics.rpc_started(method.name)
         return span, token, time.perf_counter()
 
     def _finish(
@@ -147,9 +146,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             if code in _SERVER_ERRORS:
                 span.set_status(Status(StatusCode.ERROR, message))
         span.end()
-        self._metrics.rpc_finished(
-            method.metric_attrs, method.by_code[code], time.perf_counter() - started
-        )
+        self._metrics.rpc_finished(method.name, method.by_code[code], time.perf_counter() - started)
 
     def _wrap_unary(
         self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: _Method

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
@@ -62,6 +62,8 @@ class Telemetry:
             scope_info_enabled=False, registry=self.registry
         )
         self.meter_provider = MeterProvider(
+            # Exemplars would be offered every measurement, and /metrics drops them anyway.
+            exemplar_filter=AlwaysOffExemplarFilter(),
             resource=self.resource,
             metric_readers=[self.prometheus_reader],
             views=histogram_views(),

@@ -1,0 +1,5 @@
+import sys
+
+from tests.bench.scenarios import main
+
+sys.exit(main())
