@@ -83,6 +83,10 @@ class SpanExportProcessor(SpanProcessor):
         """Point export at `exporter` (None: off). Instant; the old one retires in the worker."""
         with self._cond:
             old, self._exporter = self._exporter, exporter
+            if exporter is not None and self._draining is not None:
+                # Back on before the drain finished: the new exporter takes what is queued.
+                self._retired.append(self._draining)
+                self._draining = None
             if old is not None:
                 if exporter is None and self._queue:
                     if self._draining is not None:
