@@ -24,7 +24,9 @@ from collections.abc import Sequence
 
 import grpc
 from aigw.v1 import admin_pb2, admin_pb2_grpc, otel_config_pb2, traces_pb2
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
+
+from admin.otel_config import duration
 
 __all__ = ["main", "parse_duration", "render_waterfall"]
 
@@ -54,12 +56,6 @@ def _header(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     return name, value
-
-
-def _to_duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
 
 
 def _add_exporter_flags(parser: argparse.ArgumentParser) -> None:
@@ -116,14 +112,14 @@ def _edit(
         for name, value in values["header"]:
             target.headers[name] = value
         if values["timeout"] is not None:
-            target.timeout.CopyFrom(_to_duration(values["timeout"]))
+            target.timeout.CopyFrom(duration(values["timeout"]))
         if values["compression"]:
             target.compression = otel_config_pb2.Compression.Value(
                 f"COMPRESSION_{values['compression'].upper()}"
             )
         if section == "metrics":
             if values["interval"] is not None:
-                target.export_interval.CopyFrom(_to_duration(values["interval"]))
+                target.export_interval.CopyFrom(duration(values["interval"]))
             if values["temporality"]:
                 target.temporality = otel_config_pb2.Temporality.Value(
                     f"TEMPORALITY_{values['temporality'].upper()}"
@@ -184,7 +180,7 @@ def _list_traces(
     if args.since is not None:
         request.start_time_min.FromNanoseconds(time.time_ns() - round(args.since * 1e9))
     if args.min_duration is not None:
-        request.min_duration.CopyFrom(_to_duration(args.min_duration))
+        request.min_duration.CopyFrom(duration(args.min_duration))
     if args.page_token:
         request.page_token = args.page_token
     reply = stub.ListTraces(request, metadata=meta, timeout=args.timeout)

@@ -24,7 +24,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from admin.config_store import ConfigStore
 from admin.otel_config import InvalidConfig, from_environment, merge, section_from_proto
-from gateway.telemetry.export_outcome import ExportOutcome, outcome_from_exception
+from gateway.telemetry.export_outcome import (
+    ExportOutcome,
+    outcome_from_exception,
+    reported_outcome,
+)
 from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
 from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
 from gateway.telemetry.pipeline import Telemetry
@@ -156,9 +160,7 @@ def _test_export(section: str, settings: ExporterSettings, telemetry: Telemetry)
                 ok = exporter.export(data, timeout_millis=settings.timeout * 1000).name == "SUCCESS"
             finally:
                 exporter.shutdown()
-        outcome = getattr(exporter, "last_outcome", None)
-        if not isinstance(outcome, ExportOutcome) or outcome.success != ok:
-            outcome = ExportOutcome(success=ok, reason="" if ok else "unknown")
+        outcome = reported_outcome(exporter, ok)
     except Exception as e:
         outcome = outcome_from_exception(e, secrets=secrets)
     return TestResult(outcome, time.perf_counter() - started)

@@ -29,6 +29,7 @@ __all__ = [
     "MASK",
     "InvalidConfig",
     "check_settings",
+    "duration",
     "from_environment",
     "merge",
     "section_from_proto",
@@ -311,7 +312,7 @@ def merge(config: otel_config_pb2.OtelConfig, current: OtelSettings) -> OtelSett
 # --- settings → messages ------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
+def duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(round(seconds * 1e9))
     return d
@@ -357,13 +358,13 @@ def _section_to_proto(
         if s.encoding == "json"
         else otel_config_pb2.ENCODING_PROTO,
         headers={name: MASK if masked else value for name, value in s.headers},
-        timeout=_duration(s.timeout),
+        timeout=duration(s.timeout),
         compression=otel_config_pb2.COMPRESSION_GZIP
         if s.compression == "gzip"
         else otel_config_pb2.COMPRESSION_NONE,
     )
     if metrics:
-        pb.export_interval.CopyFrom(_duration(s.export_interval))
+        pb.export_interval.CopyFrom(duration(s.export_interval))
         pb.temporality = (
             otel_config_pb2.TEMPORALITY_DELTA
             if s.temporality == "delta"
@@ -444,7 +445,7 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
                 seconds = float(timeout_ms) / 1000
                 if not math.isfinite(seconds) or abs(seconds) > 1e9:
                     raise ValueError(timeout_ms)
-                pb.timeout.CopyFrom(_duration(seconds))
+                pb.timeout.CopyFrom(duration(seconds))
             except ValueError:
                 problems.append((f"OTEL_EXPORTER_OTLP_{sig}_TIMEOUT", "milliseconds expected"))
         if (var("COMPRESSION") or "").strip().lower() == "gzip":
@@ -458,7 +459,7 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
                     seconds = float(interval_ms) / 1000
                     if not math.isfinite(seconds) or abs(seconds) > 1e9:
                         raise ValueError(interval_ms)
-                    pb.export_interval.CopyFrom(_duration(seconds))
+                    pb.export_interval.CopyFrom(duration(seconds))
                 except ValueError:
                     problems.append(("OTEL_METRIC_EXPORT_INTERVAL", "milliseconds expected"))
     if problems:

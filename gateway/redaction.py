@@ -43,26 +43,19 @@ class SecretRedactor(logging.Filter):
             self._by_owner[owner] = frozenset(s for s in secrets if len(s) >= _MIN_SECRET)
             self._secrets = tuple(set().union(*self._by_owner.values()))
 
-    def redact(self, text: str) -> str:
-        secrets = self._secrets
-        return redact(text, secrets) if secrets else text
-
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self._secrets
         if not secrets:
             return True
         message = record.getMessage()
-        if any(s in message for s in secrets) or _tokens_in(message, secrets):
-            record.msg, record.args = redact(message, secrets), ()
+        redacted = redact(message, secrets)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
         if record.exc_info and record.exc_info[0] is not None:
             text = "".join(traceback.format_exception(*record.exc_info))
             record.exc_text = redact(text, secrets).rstrip("\n")
             record.exc_info = None
         return True
-
-
-def _tokens_in(message: str, secrets: tuple[str, ...]) -> bool:
-    return redact(message, secrets) != message
 
 
 REDACTOR = SecretRedactor()

@@ -43,6 +43,7 @@ __all__ = [
     "reason_for_grpc_code",
     "reason_for_http_status",
     "redact",
+    "reported_outcome",
 ]
 
 MESSAGE_LIMIT: Final[int] = 1024
@@ -84,6 +85,19 @@ class ExportOutcome:
             raise ValueError(f"invalid failure reason {self.reason!r}")
         if len(self.message) > MESSAGE_LIMIT:
             object.__setattr__(self, "message", self.message[:MESSAGE_LIMIT])
+
+
+_SUCCESS = ExportOutcome(success=True)
+_UNKNOWN_FAILURE = ExportOutcome(success=False, reason="unknown", message="exporter failed")
+
+
+def reported_outcome(exporter: object, success: bool) -> ExportOutcome:
+    """What `exporter` said of its last export (`last_outcome`), when that agrees with the
+    bare SUCCESS/FAILURE it returned; else an outcome built from that result alone."""
+    outcome = getattr(exporter, "last_outcome", None)
+    if isinstance(outcome, ExportOutcome) and outcome.success == success:
+        return outcome
+    return _SUCCESS if success else _UNKNOWN_FAILURE
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -31,7 +31,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from gateway.telemetry.export_outcome import ExportOutcome
+from gateway.telemetry.export_outcome import ExportOutcome, reported_outcome
 from gateway.telemetry.export_settings import ExporterSettings
 from gateway.telemetry.export_stats import ExportStats
 
@@ -100,15 +100,7 @@ class SwitchableMetricExporter(MetricExporter):
                 result = MetricExportResult.FAILURE
                 outcome = ExportOutcome(success=False, reason="unknown", message=type(e).__name__)
             else:
-                outcome = getattr(inner, "last_outcome", None)
-                if not isinstance(outcome, ExportOutcome) or outcome.success != (
-                    result is MetricExportResult.SUCCESS
-                ):
-                    outcome = (
-                        ExportOutcome(success=True)
-                        if result is MetricExportResult.SUCCESS
-                        else ExportOutcome(success=False, reason="unknown")
-                    )
+                outcome = reported_outcome(inner, result is MetricExportResult.SUCCESS)
         self._stats.record(outcome, _points(metrics_data))
         return result
 

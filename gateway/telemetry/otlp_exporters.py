@@ -83,7 +83,8 @@ class _RecordingSession(requests.Session):
 
 
 def _failure(reason: str, message: str, secrets: tuple[str, ...]) -> ExportOutcome:
-    return ExportOutcome(success=False, reason=reason, message=redact(message, secrets)[:1024])
+    # Redacted before ExportOutcome caps it, so no half-secret survives the cut.
+    return ExportOutcome(success=False, reason=reason, message=redact(message, secrets))
 
 
 class _StatusRecorder(grpc.UnaryUnaryClientInterceptor):

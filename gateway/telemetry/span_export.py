@@ -28,25 +28,12 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from gateway.telemetry.export_outcome import ExportOutcome
+from gateway.telemetry.export_outcome import ExportOutcome, reported_outcome
 from gateway.telemetry.export_stats import ExportStats
 
 __all__ = ["SpanExportProcessor"]
 
 _log = logging.getLogger(__name__)
-
-_UNKNOWN_FAILURE = ExportOutcome(success=False, reason="unknown", message="exporter failed")
-_SUCCESS = ExportOutcome(success=True)
-
-
-def outcome_of(exporter: SpanExporter, result: SpanExportResult) -> ExportOutcome:
-    """The exporter's own account of its last export, else one built from the bare result."""
-    outcome = getattr(exporter, "last_outcome", None)
-    if isinstance(outcome, ExportOutcome) and outcome.success == (
-        result is SpanExportResult.SUCCESS
-    ):
-        return outcome
-    return _SUCCESS if result is SpanExportResult.SUCCESS else _UNKNOWN_FAILURE
 
 
 class SpanExportProcessor(SpanProcessor):
@@ -74,10 +61,6 @@ class SpanExportProcessor(SpanProcessor):
         self._shutdown = False
         self._thread = threading.Thread(target=self._run, name="aigw-span-export", daemon=True)
         self._thread.start()
-
-    @property
-    def enabled(self) -> bool:
-        return self._exporter is not None
 
     def swap(self, exporter: SpanExporter | None) -> None:
         """Point export at `exporter` (None: off). Instant; the old one retires in the worker."""
@@ -211,7 +194,7 @@ class SpanExportProcessor(SpanProcessor):
         except Exception as e:  # an exporter bug must not kill the worker
             _log.exception("span exporter raised")
             return ExportOutcome(success=False, reason="unknown", message=type(e).__name__)
-        return outcome_of(exporter, result)
+        return reported_outcome(exporter, result is SpanExportResult.SUCCESS)
 
 
 def _shutdown_quietly(exporter: SpanExporter) -> None:
