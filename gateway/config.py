@@ -253,21 +253,28 @@ def _route(name: str, table: Any, problems: list[tuple[str, str]]) -> RouteConfi
         problems.append((path, "route names are 1-128 of A-Z a-z 0-9 . _ : / - (no spaces)"))
     before = len(problems)
     values = _section(table, path, _ROUTE, problems)
+    # Keys given but invalid were reported by _section; "required" is only for absent ones.
+    given = table.keys() if isinstance(table, dict) else set()
     provider = values.get("provider")
-    if provider is None and "provider" not in (table if isinstance(table, dict) else {}):
+    if "provider" not in given:
         problems.append((f"{path}.provider", "required; one of " + ", ".join(PROVIDERS)))
     if provider == "openai":
-        for required in ("model", "base_url"):
-            if required not in values and required not in (table or {}):
-                problems.append((f"{path}.{required}", "required for provider openai"))
+        problems += [
+            (f"{path}.{key}", "required for provider openai")
+            for key in ("model", "base_url")
+            if key not in given
+        ]
+        problems += [
+            (f"{path}.{key}", "only for provider echo")
+            for key in ("latency_ms", "token_delay_ms")
+            if key in values
+        ]
     if provider == "echo":
-        for key in ("base_url", "api_key_env"):
-            if key in values:
-                problems.append((f"{path}.{key}", "not used by provider echo"))
-    if provider == "openai":
-        for key in ("latency_ms", "token_delay_ms"):
-            if key in values:
-                problems.append((f"{path}.{key}", "only for provider echo"))
+        problems += [
+            (f"{path}.{key}", "not used by provider echo")
+            for key in ("base_url", "api_key_env")
+            if key in values
+        ]
     if len(problems) > before or provider is None:
         return None
     values.setdefault("model", "echo-1")

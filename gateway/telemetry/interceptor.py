@@ -117,8 +117,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self, method: _Method, context: grpc.aio.ServicerContext
     ) -> tuple[trace.Span, object, float]:
         metadata = context.invocation_metadata() or ()
-        carrier = {k: v for k, v in metadata if isinstance(v, str)}
-        parent = propagate.extract(carrier) if "traceparent" in carrier else None
+        parent = None
+        # Most calls carry no trace context: build the carrier only for those that do.
+        if any(key == "traceparent" for key, _ in metadata):
+            parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
         address, port = parse_peer(context.peer())
         span = self._tracer.start_span(
             method.name, context=parent, kind=SpanKind.SERVER, attributes=method.span_attrs
