@@ -71,7 +71,12 @@ async def test_every_admin_grpcurl_command_in_the_readme_works(gateway: Gateway)
             out = await asyncio.to_thread(run_grpcurl, line, address)
             outputs.append([json.loads(o) for o in out])
             if line.endswith("ListTraces"):
-                trace_id = outputs[-1][0]["traces"][0]["traceId"]
+                # The admin calls above are traced too; GetTrace shows the Completion's trace.
+                trace_id = next(
+                    t["traceId"]
+                    for t in outputs[-1][0]["traces"]
+                    if t["rootSpanName"] == "aigw.v1.Completion/Complete"
+                )
         got, set_http, set_grpc, tested, listed, trace = (o[0] for o in outputs)
         # Like grpcurl, the JSON leaves out fields at their default (enabled: false).
         assert "enabled" not in got["config"]["traces"]
