@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 ARGS   ?=
 
-.PHONY: install run test protos lint bench clean .promtool
+.PHONY: install run test protos lint bench clean .test-peers
 
 # venv and pip come from Debian's python3-venv when the interpreter lacks them.
 $(STAMP): pyproject.toml
@@ -20,15 +20,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# promtool (Debian's prometheus package) lints the /metrics exposition in the tests.
-.promtool:
-	@command -v promtool >/dev/null || \
-		{ $(APT) update -qq && $(APT) install -y -qq --no-install-recommends prometheus; }
+# promtool (Debian's prometheus package) lints the /metrics exposition in the tests;
+# PostgreSQL (Debian's postgresql) is the fleet store the tests run their own clusters of.
+.test-peers:
+	@{ command -v promtool && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || \
+		{ $(APT) update -qq && \
+		  $(APT) install -y -qq --no-install-recommends prometheus postgresql; }
 
 run: $(STAMP)
 	$(BIN)/aigw serve $(ARGS)
 
-test: $(STAMP) .promtool
+test: $(STAMP) .test-peers
 	$(BIN)/python -m pytest $(ARGS)
 
 protos: $(STAMP)

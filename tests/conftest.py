@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from aigw.v1 import admin_pb2_grpc, completion_pb2, completion_pb2_grpc
 from gateway.config import GatewayConfig, RouteConfig, ServerConfig, TelemetryConfig
 from gateway.server import Gateway
 from tests.openai_stub import openai_stub  # noqa: F401 - a fixture for the whole suite
+from tests.postgres import PostgresCluster
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
@@ -88,3 +89,18 @@ def chat(
 
 def replace_route(route: RouteConfig, **changes: Any) -> RouteConfig:
     return dataclasses.replace(route, **changes)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the session; each test takes its own database from it."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def database_url(pg_cluster: PostgresCluster) -> str:
+    return pg_cluster.create_database()

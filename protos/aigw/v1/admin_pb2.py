@@ -28,35 +28,55 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61igw/v1/admin.proto\x12\x07\x61igw.v1\x1a\x19\x61igw/v1/otel_config.proto\x1a\x14\x61igw/v1/traces.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetOtelConfigRequest\"r\n\x15GetOtelConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.aigw.v1.OtelHealth\"o\n\x14SetOtelConfigRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"r\n\x15SetOtelConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.aigw.v1.OtelHealth\"<\n\x15TestOtelConfigRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\"\x98\x01\n\x10\x45xportTestResult\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bhttp_status\x18\x03 \x01(\r\x12\x11\n\tgrpc_code\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x16TestOtelConfigResponse\x12)\n\x06traces\x18\x01 \x01(\x0b\x32\x19.aigw.v1.ExportTestResult\x12*\n\x07metrics\x18\x02 \x01(\x0b\x32\x19.aigw.v1.ExportTestResult\"\x8e\x02\n\x11ListTracesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.aigw.v1.TraceStatusFilter\x12\x32\n\x0estart_time_min\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0estart_time_max\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cmin_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"T\n\x12ListTracesResponse\x12%\n\x06traces\x18\x01 \x03(\x0b\x32\x15.aigw.v1.TraceSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"B\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x1c\n\x05spans\x18\x02 \x03(\x0b\x32\r.aigw.v1.Span2\x89\x03\n\x0c\x41\x64minService\x12N\n\rGetOtelConfig\x12\x1d.aigw.v1.GetOtelConfigRequest\x1a\x1e.aigw.v1.GetOtelConfigResponse\x12N\n\rSetOtelConfig\x12\x1d.aigw.v1.SetOtelConfigRequest\x1a\x1e.aigw.v1.SetOtelConfigResponse\x12Q\n\x0eTestOtelConfig\x12\x1e.aigw.v1.TestOtelConfigRequest\x1a\x1f.aigw.v1.TestOtelConfigResponse\x12\x45\n\nListTraces\x12\x1a.aigw.v1.ListTracesRequest\x1a\x1b.aigw.v1.ListTracesResponse\x12?\n\x08GetTrace\x12\x18.aigw.v1.GetTraceRequest\x1a\x19.aigw.v1.GetTraceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61igw/v1/admin.proto\x12\x07\x61igw.v1\x1a\x19\x61igw/v1/otel_config.proto\x1a\x14\x61igw/v1/traces.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetOtelConfigRequest\"\x9d\x01\n\x15GetOtelConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.aigw.v1.OtelHealth\x12)\n\x05store\x18\x04 \x01(\x0b\x32\x1a.aigw.v1.ConfigStoreHealth\"\x80\x01\n\x11\x43onfigStoreHealth\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x33\n\x0flast_error_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x14SetOtelConfigRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"r\n\x15SetOtelConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.aigw.v1.OtelHealth\"<\n\x15TestOtelConfigRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\"\x98\x01\n\x10\x45xportTestResult\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bhttp_status\x18\x03 \x01(\r\x12\x11\n\tgrpc_code\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x16TestOtelConfigResponse\x12)\n\x06traces\x18\x01 \x01(\x0b\x32\x19.aigw.v1.ExportTestResult\x12*\n\x07metrics\x18\x02 \x01(\x0b\x32\x19.aigw.v1.ExportTestResult\"\x8e\x02\n\x11ListTracesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.aigw.v1.TraceStatusFilter\x12\x32\n\x0estart_time_min\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0estart_time_max\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0cmin_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"T\n\x12ListTracesResponse\x12%\n\x06traces\x18\x01 \x03(\x0b\x32\x15.aigw.v1.TraceSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"\x15\n\x13ListReplicasRequest\"\xa9\x02\n\x07Replica\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61pplied_version\x18\x07 \x01(\x04\x12$\n\x05state\x18\x08 \x01(\x0e\x32\x15.aigw.v1.ReplicaState\x12#\n\x06health\x18\t \x01(\x0b\x32\x13.aigw.v1.OtelHealth\x12\x0c\n\x04self\x18\n \x01(\x08\"f\n\x14ListReplicasResponse\x12\"\n\x08replicas\x18\x01 \x03(\x0b\x32\x10.aigw.v1.Replica\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x12\x11\n\tconverged\x18\x03 \x01(\x08\"I\n\x1cListOtelConfigHistoryRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x16\n\x0e\x62\x65\x66ore_version\x18\x02 \x01(\x04\"\xb5\x01\n\x11OtelConfigVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x30\n\x0c\x61pplied_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x18\n\x10restored_version\x18\x06 \x01(\x04\"j\n\x1dListOtelConfigHistoryResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.aigw.v1.OtelConfigVersion\x12\x1b\n\x13next_before_version\x18\x02 \x01(\x04\"`\n\x19RollbackOtelConfigRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"w\n\x1aRollbackOtelConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.aigw.v1.OtelConfig\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.aigw.v1.OtelHealth\"B\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x1c\n\x05spans\x18\x02 \x03(\x0b\x32\r.aigw.v1.Span*]\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12REPLICA_STATE_LIVE\x10\x01\x12\x16\n\x12REPLICA_STATE_GONE\x10\x02\x32\x9d\x05\n\x0c\x41\x64minService\x12N\n\rGetOtelConfig\x12\x1d.aigw.v1.GetOtelConfigRequest\x1a\x1e.aigw.v1.GetOtelConfigResponse\x12N\n\rSetOtelConfig\x12\x1d.aigw.v1.SetOtelConfigRequest\x1a\x1e.aigw.v1.SetOtelConfigResponse\x12Q\n\x0eTestOtelConfig\x12\x1e.aigw.v1.TestOtelConfigRequest\x1a\x1f.aigw.v1.TestOtelConfigResponse\x12\x45\n\nListTraces\x12\x1a.aigw.v1.ListTracesRequest\x1a\x1b.aigw.v1.ListTracesResponse\x12?\n\x08GetTrace\x12\x18.aigw.v1.GetTraceRequest\x1a\x19.aigw.v1.GetTraceResponse\x12K\n\x0cListReplicas\x12\x1c.aigw.v1.ListReplicasRequest\x1a\x1d.aigw.v1.ListReplicasResponse\x12\x66\n\x15ListOtelConfigHistory\x12%.aigw.v1.ListOtelConfigHistoryRequest\x1a&.aigw.v1.ListOtelConfigHistoryResponse\x12]\n\x12RollbackOtelConfig\x12\".aigw.v1.RollbackOtelConfigRequest\x1a#.aigw.v1.RollbackOtelConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aigw.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPLICASTATE']._serialized_start=2497
+  _globals['_REPLICASTATE']._serialized_end=2590
   _globals['_GETOTELCONFIGREQUEST']._serialized_start=146
   _globals['_GETOTELCONFIGREQUEST']._serialized_end=168
-  _globals['_GETOTELCONFIGRESPONSE']._serialized_start=170
-  _globals['_GETOTELCONFIGRESPONSE']._serialized_end=284
-  _globals['_SETOTELCONFIGREQUEST']._serialized_start=286
-  _globals['_SETOTELCONFIGREQUEST']._serialized_end=397
-  _globals['_SETOTELCONFIGRESPONSE']._serialized_start=399
-  _globals['_SETOTELCONFIGRESPONSE']._serialized_end=513
-  _globals['_TESTOTELCONFIGREQUEST']._serialized_start=515
-  _globals['_TESTOTELCONFIGREQUEST']._serialized_end=575
-  _globals['_EXPORTTESTRESULT']._serialized_start=578
-  _globals['_EXPORTTESTRESULT']._serialized_end=730
-  _globals['_TESTOTELCONFIGRESPONSE']._serialized_start=732
-  _globals['_TESTOTELCONFIGRESPONSE']._serialized_end=843
-  _globals['_LISTTRACESREQUEST']._serialized_start=846
-  _globals['_LISTTRACESREQUEST']._serialized_end=1116
-  _globals['_LISTTRACESRESPONSE']._serialized_start=1118
-  _globals['_LISTTRACESRESPONSE']._serialized_end=1202
-  _globals['_GETTRACEREQUEST']._serialized_start=1204
-  _globals['_GETTRACEREQUEST']._serialized_end=1239
-  _globals['_GETTRACERESPONSE']._serialized_start=1241
-  _globals['_GETTRACERESPONSE']._serialized_end=1307
-  _globals['_ADMINSERVICE']._serialized_start=1310
-  _globals['_ADMINSERVICE']._serialized_end=1703
+  _globals['_GETOTELCONFIGRESPONSE']._serialized_start=171
+  _globals['_GETOTELCONFIGRESPONSE']._serialized_end=328
+  _globals['_CONFIGSTOREHEALTH']._serialized_start=331
+  _globals['_CONFIGSTOREHEALTH']._serialized_end=459
+  _globals['_SETOTELCONFIGREQUEST']._serialized_start=461
+  _globals['_SETOTELCONFIGREQUEST']._serialized_end=572
+  _globals['_SETOTELCONFIGRESPONSE']._serialized_start=574
+  _globals['_SETOTELCONFIGRESPONSE']._serialized_end=688
+  _globals['_TESTOTELCONFIGREQUEST']._serialized_start=690
+  _globals['_TESTOTELCONFIGREQUEST']._serialized_end=750
+  _globals['_EXPORTTESTRESULT']._serialized_start=753
+  _globals['_EXPORTTESTRESULT']._serialized_end=905
+  _globals['_TESTOTELCONFIGRESPONSE']._serialized_start=907
+  _globals['_TESTOTELCONFIGRESPONSE']._serialized_end=1018
+  _globals['_LISTTRACESREQUEST']._serialized_start=1021
+  _globals['_LISTTRACESREQUEST']._serialized_end=1291
+  _globals['_LISTTRACESRESPONSE']._serialized_start=1293
+  _globals['_LISTTRACESRESPONSE']._serialized_end=1377
+  _globals['_GETTRACEREQUEST']._serialized_start=1379
+  _globals['_GETTRACEREQUEST']._serialized_end=1414
+  _globals['_LISTREPLICASREQUEST']._serialized_start=1416
+  _globals['_LISTREPLICASREQUEST']._serialized_end=1437
+  _globals['_REPLICA']._serialized_start=1440
+  _globals['_REPLICA']._serialized_end=1737
+  _globals['_LISTREPLICASRESPONSE']._serialized_start=1739
+  _globals['_LISTREPLICASRESPONSE']._serialized_end=1841
+  _globals['_LISTOTELCONFIGHISTORYREQUEST']._serialized_start=1843
+  _globals['_LISTOTELCONFIGHISTORYREQUEST']._serialized_end=1916
+  _globals['_OTELCONFIGVERSION']._serialized_start=1919
+  _globals['_OTELCONFIGVERSION']._serialized_end=2100
+  _globals['_LISTOTELCONFIGHISTORYRESPONSE']._serialized_start=2102
+  _globals['_LISTOTELCONFIGHISTORYRESPONSE']._serialized_end=2208
+  _globals['_ROLLBACKOTELCONFIGREQUEST']._serialized_start=2210
+  _globals['_ROLLBACKOTELCONFIGREQUEST']._serialized_end=2306
+  _globals['_ROLLBACKOTELCONFIGRESPONSE']._serialized_start=2308
+  _globals['_ROLLBACKOTELCONFIGRESPONSE']._serialized_end=2427
+  _globals['_GETTRACERESPONSE']._serialized_start=2429
+  _globals['_GETTRACERESPONSE']._serialized_end=2495
+  _globals['_ADMINSERVICE']._serialized_start=2593
+  _globals['_ADMINSERVICE']._serialized_end=3262
 # @@protoc_insertion_point(module_scope)

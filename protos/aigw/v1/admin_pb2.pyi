@@ -5,6 +5,7 @@ from aigw.v1 import traces_pb2 as _traces_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -12,19 +13,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_STATE_UNSPECIFIED: _ClassVar[ReplicaState]
+    REPLICA_STATE_LIVE: _ClassVar[ReplicaState]
+    REPLICA_STATE_GONE: _ClassVar[ReplicaState]
+REPLICA_STATE_UNSPECIFIED: ReplicaState
+REPLICA_STATE_LIVE: ReplicaState
+REPLICA_STATE_GONE: ReplicaState
+
 class GetOtelConfigRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetOtelConfigResponse(_message.Message):
-    __slots__ = ("config", "version", "health")
+    __slots__ = ("config", "version", "health", "store")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     config: _otel_config_pb2.OtelConfig
     version: int
     health: _otel_config_pb2.OtelHealth
-    def __init__(self, config: _Optional[_Union[_otel_config_pb2.OtelConfig, _Mapping]] = ..., version: _Optional[int] = ..., health: _Optional[_Union[_otel_config_pb2.OtelHealth, _Mapping]] = ...) -> None: ...
+    store: ConfigStoreHealth
+    def __init__(self, config: _Optional[_Union[_otel_config_pb2.OtelConfig, _Mapping]] = ..., version: _Optional[int] = ..., health: _Optional[_Union[_otel_config_pb2.OtelHealth, _Mapping]] = ..., store: _Optional[_Union[ConfigStoreHealth, _Mapping]] = ...) -> None: ...
+
+class ConfigStoreHealth(_message.Message):
+    __slots__ = ("backend", "connected", "last_error", "last_error_time")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    connected: bool
+    last_error: str
+    last_error_time: _timestamp_pb2.Timestamp
+    def __init__(self, backend: _Optional[str] = ..., connected: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SetOtelConfigRequest(_message.Message):
     __slots__ = ("config", "expected_version")
@@ -105,6 +129,94 @@ class GetTraceRequest(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     trace_id: str
     def __init__(self, trace_id: _Optional[str] = ...) -> None: ...
+
+class ListReplicasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("instance_id", "address", "hostname", "pid", "start_time", "last_heartbeat_time", "applied_version", "state", "health", "self")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    SELF_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    address: str
+    hostname: str
+    pid: int
+    start_time: _timestamp_pb2.Timestamp
+    last_heartbeat_time: _timestamp_pb2.Timestamp
+    applied_version: int
+    state: ReplicaState
+    health: _otel_config_pb2.OtelHealth
+    self: bool
+    def __init__(self_, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., applied_version: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., health: _Optional[_Union[_otel_config_pb2.OtelHealth, _Mapping]] = ..., self: _Optional[bool] = ...) -> None: ...
+
+class ListReplicasResponse(_message.Message):
+    __slots__ = ("replicas", "current_version", "converged")
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    current_version: int
+    converged: bool
+    def __init__(self, replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., current_version: _Optional[int] = ..., converged: _Optional[bool] = ...) -> None: ...
+
+class ListOtelConfigHistoryRequest(_message.Message):
+    __slots__ = ("page_size", "before_version")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    before_version: int
+    def __init__(self, page_size: _Optional[int] = ..., before_version: _Optional[int] = ...) -> None: ...
+
+class OtelConfigVersion(_message.Message):
+    __slots__ = ("version", "config", "applied_time", "author", "action", "restored_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_TIME_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    config: _otel_config_pb2.OtelConfig
+    applied_time: _timestamp_pb2.Timestamp
+    author: str
+    action: str
+    restored_version: int
+    def __init__(self, version: _Optional[int] = ..., config: _Optional[_Union[_otel_config_pb2.OtelConfig, _Mapping]] = ..., applied_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., author: _Optional[str] = ..., action: _Optional[str] = ..., restored_version: _Optional[int] = ...) -> None: ...
+
+class ListOtelConfigHistoryResponse(_message.Message):
+    __slots__ = ("versions", "next_before_version")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_BEFORE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[OtelConfigVersion]
+    next_before_version: int
+    def __init__(self, versions: _Optional[_Iterable[_Union[OtelConfigVersion, _Mapping]]] = ..., next_before_version: _Optional[int] = ...) -> None: ...
+
+class RollbackOtelConfigRequest(_message.Message):
+    __slots__ = ("version", "expected_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    expected_version: int
+    def __init__(self, version: _Optional[int] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class RollbackOtelConfigResponse(_message.Message):
+    __slots__ = ("config", "version", "health")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    config: _otel_config_pb2.OtelConfig
+    version: int
+    health: _otel_config_pb2.OtelHealth
+    def __init__(self, config: _Optional[_Union[_otel_config_pb2.OtelConfig, _Mapping]] = ..., version: _Optional[int] = ..., health: _Optional[_Union[_otel_config_pb2.OtelHealth, _Mapping]] = ...) -> None: ...
 
 class GetTraceResponse(_message.Message):
     __slots__ = ("trace_id", "spans")

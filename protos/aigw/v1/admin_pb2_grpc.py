@@ -63,6 +63,21 @@ class AdminServiceStub:
                 request_serializer=aigw_dot_v1_dot_admin__pb2.GetTraceRequest.SerializeToString,
                 response_deserializer=aigw_dot_v1_dot_admin__pb2.GetTraceResponse.FromString,
                 _registered_method=True)
+        self.ListReplicas = channel.unary_unary(
+                '/aigw.v1.AdminService/ListReplicas',
+                request_serializer=aigw_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=aigw_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+                _registered_method=True)
+        self.ListOtelConfigHistory = channel.unary_unary(
+                '/aigw.v1.AdminService/ListOtelConfigHistory',
+                request_serializer=aigw_dot_v1_dot_admin__pb2.ListOtelConfigHistoryRequest.SerializeToString,
+                response_deserializer=aigw_dot_v1_dot_admin__pb2.ListOtelConfigHistoryResponse.FromString,
+                _registered_method=True)
+        self.RollbackOtelConfig = channel.unary_unary(
+                '/aigw.v1.AdminService/RollbackOtelConfig',
+                request_serializer=aigw_dot_v1_dot_admin__pb2.RollbackOtelConfigRequest.SerializeToString,
+                response_deserializer=aigw_dot_v1_dot_admin__pb2.RollbackOtelConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -109,6 +124,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicas(self, request, context):
+        """Every replica sharing this gateway's config store, with the config version each has
+        applied: whether the fleet converged on the version just set. A single gateway lists itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOtelConfigHistory(self, request, context):
+        """Every applied config version, newest first, with when, by whom and how (header values and
+        private values masked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackOtelConfig(self, request, context):
+        """Makes an earlier version current again, secrets included, as a new version. Applied by
+        every replica like a Set; `expected_version` guards it the same way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +175,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetTrace,
                     request_deserializer=aigw_dot_v1_dot_admin__pb2.GetTraceRequest.FromString,
                     response_serializer=aigw_dot_v1_dot_admin__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=aigw_dot_v1_dot_admin__pb2.ListReplicasRequest.FromString,
+                    response_serializer=aigw_dot_v1_dot_admin__pb2.ListReplicasResponse.SerializeToString,
+            ),
+            'ListOtelConfigHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOtelConfigHistory,
+                    request_deserializer=aigw_dot_v1_dot_admin__pb2.ListOtelConfigHistoryRequest.FromString,
+                    response_serializer=aigw_dot_v1_dot_admin__pb2.ListOtelConfigHistoryResponse.SerializeToString,
+            ),
+            'RollbackOtelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackOtelConfig,
+                    request_deserializer=aigw_dot_v1_dot_admin__pb2.RollbackOtelConfigRequest.FromString,
+                    response_serializer=aigw_dot_v1_dot_admin__pb2.RollbackOtelConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +331,87 @@ class AdminService:
             '/aigw.v1.AdminService/GetTrace',
             aigw_dot_v1_dot_admin__pb2.GetTraceRequest.SerializeToString,
             aigw_dot_v1_dot_admin__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigw.v1.AdminService/ListReplicas',
+            aigw_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+            aigw_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOtelConfigHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigw.v1.AdminService/ListOtelConfigHistory',
+            aigw_dot_v1_dot_admin__pb2.ListOtelConfigHistoryRequest.SerializeToString,
+            aigw_dot_v1_dot_admin__pb2.ListOtelConfigHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackOtelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigw.v1.AdminService/RollbackOtelConfig',
+            aigw_dot_v1_dot_admin__pb2.RollbackOtelConfigRequest.SerializeToString,
+            aigw_dot_v1_dot_admin__pb2.RollbackOtelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,21 +27,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61igw/v1/traces.proto\x12\x07\x61igw.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x0cTraceSummary\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x16\n\x0eroot_span_name\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x17\n\x0frpc_status_code\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nspan_count\x18\x08 \x01(\r\"p\n\tSpanEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"+\n\nSpanStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x02\n\x04Span\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x12.aigw.v1.SpanEvent\x12#\n\x06status\x18\x07 \x01(\x0b\x32\x13.aigw.v1.SpanStatus\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*s\n\x11TraceStatusFilter\x12#\n\x1fTRACE_STATUS_FILTER_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRACE_STATUS_FILTER_OK\x10\x01\x12\x1d\n\x19TRACE_STATUS_FILTER_ERROR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61igw/v1/traces.proto\x12\x07\x61igw.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n\x0cTraceSummary\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x16\n\x0eroot_span_name\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x17\n\x0frpc_status_code\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nspan_count\x18\x08 \x01(\r\x12\x0f\n\x07replica\x18\t \x01(\t\"p\n\tSpanEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"+\n\nSpanStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x02\n\x04Span\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x12.aigw.v1.SpanEvent\x12#\n\x06status\x18\x07 \x01(\x0b\x32\x13.aigw.v1.SpanStatus\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*s\n\x11TraceStatusFilter\x12#\n\x1fTRACE_STATUS_FILTER_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRACE_STATUS_FILTER_OK\x10\x01\x12\x1d\n\x19TRACE_STATUS_FILTER_ERROR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aigw.v1.traces_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRACESTATUSFILTER']._serialized_start=805
-  _globals['_TRACESTATUSFILTER']._serialized_end=920
+  _globals['_TRACESTATUSFILTER']._serialized_start=822
+  _globals['_TRACESTATUSFILTER']._serialized_end=937
   _globals['_TRACESUMMARY']._serialized_start=129
-  _globals['_TRACESUMMARY']._serialized_end=354
-  _globals['_SPANEVENT']._serialized_start=356
-  _globals['_SPANEVENT']._serialized_end=468
-  _globals['_SPANSTATUS']._serialized_start=470
-  _globals['_SPANSTATUS']._serialized_end=513
-  _globals['_SPAN']._serialized_start=516
-  _globals['_SPAN']._serialized_end=803
+  _globals['_TRACESUMMARY']._serialized_end=371
+  _globals['_SPANEVENT']._serialized_start=373
+  _globals['_SPANEVENT']._serialized_end=485
+  _globals['_SPANSTATUS']._serialized_start=487
+  _globals['_SPANSTATUS']._serialized_end=530
+  _globals['_SPAN']._serialized_start=533
+  _globals['_SPAN']._serialized_end=820
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ TRACE_STATUS_FILTER_OK: TraceStatusFilter
 TRACE_STATUS_FILTER_ERROR: TraceStatusFilter
 
 class TraceSummary(_message.Message):
-    __slots__ = ("trace_id", "root_span_name", "model", "status", "rpc_status_code", "start_time", "duration", "span_count")
+    __slots__ = ("trace_id", "root_span_name", "model", "status", "rpc_status_code", "start_time", "duration", "span_count", "replica")
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     ROOT_SPAN_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class TraceSummary(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
     SPAN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     trace_id: str
     root_span_name: str
     model: str
@@ -39,7 +40,8 @@ class TraceSummary(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     duration: _duration_pb2.Duration
     span_count: int
-    def __init__(self, trace_id: _Optional[str] = ..., root_span_name: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., rpc_status_code: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., span_count: _Optional[int] = ...) -> None: ...
+    replica: str
+    def __init__(self, trace_id: _Optional[str] = ..., root_span_name: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., rpc_status_code: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., span_count: _Optional[int] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class SpanEvent(_message.Message):
     __slots__ = ("name", "time", "attributes")
