@@ -10,10 +10,13 @@ import grpc
 from aigw.v1 import admin_pb2, admin_pb2_grpc, otel_config_pb2, traces_pb2
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from admin.config_manager import OtelConfigManager, StaleVersion
-from admin.config_store import ConfigStoreError
+from admin.config_manager import OtelConfigManager, StaleVersion, UnknownVersion
+from admin.config_store import ConfigStoreError, ConfigStoreUnavailable, ConfigVersion
 from admin.otel_config import InvalidConfig, to_proto
-from gateway.telemetry.export_stats import ExportStats
+from admin.replicas import Replicas, ReplicaStatus
+from admin.secret_box import SecretBoxError
+from gateway.auth import admin_principal
+from gateway.telemetry.export_stats import ExportStats, HealthSnapshot
 from gateway.telemetry.pipeline import Telemetry
 from gateway.telemetry.trace_store import StoredSpan, TraceStore, TraceSummary
 
@@ -79,8 +82,64 @@ def _ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
 
-def _health(stats: ExportStats) -> otel_config_pb2.ExporterHealth:
-    snap = stats.snapshot()
+def health_document(traces: ExportStats, metrics: ExportStats) -> dict[str, Any]:
+    """Exporter health as a replica publishes it in its heartbeat."""
+    return {
+        name: {
+            "exported": snap.exported,
+            "failed": snap.failed,
+            "dropped": snap.dropped,
+            "last_success_ns": snap.last_success_ns,
+            "last_error_ns": snap.last_error_ns,
+            "last_error": snap.last_error,
+        }
+        for name, snap in (("traces", traces.snapshot()), ("metrics", metrics.snapshot()))
+    }
+
+
+def _snapshot(doc: Any) -> HealthSnapshot:
+    doc = doc if isinstance(doc, dict) else {}
+    return HealthSnapshot(
+        exported=int(doc.get("exported", 0)),
+        failed=int(doc.get("failed", 0)),
+        dropped=int(doc.get("dropped", 0)),
+        last_success_ns=int(doc.get("last_success_ns", 0)),
+        last_error_ns=int(doc.get("last_error_ns", 0)),
+        last_error=str(doc.get("last_error", "")),
+    )
+
+
+def _replica(r: ReplicaStatus) -> admin_pb2.Replica:
+    i = r.identity
+    return admin_pb2.Replica(
+        instance_id=i.instance_id,
+        address=i.address,
+        hostname=i.hostname,
+        pid=i.pid,
+        start_time=_timestamp(i.started_ns),
+        last_heartbeat_time=_timestamp(r.heartbeat_ns),
+        applied_version=r.applied_version,
+        state=admin_pb2.REPLICA_STATE_LIVE if r.live else admin_pb2.REPLICA_STATE_GONE,
+        health=otel_config_pb2.OtelHealth(
+            traces=_health(_snapshot(r.health.get("traces"))),
+            metrics=_health(_snapshot(r.health.get("metrics"))),
+        ),
+        self=r.is_self,
+    )
+
+
+def _config_version(v: ConfigVersion) -> admin_pb2.OtelConfigVersion:
+    return admin_pb2.OtelConfigVersion(
+        version=v.version,
+        config=to_proto(v.settings),
+        applied_time=_timestamp(v.applied_ns),
+        author=v.author,
+        action=v.action,
+        restored_version=v.restored_version,
+    )
+
+
+def _health(snap: HealthSnapshot) -> otel_config_pb2.ExporterHealth:
     health = otel_config_pb2.ExporterHealth(
         last_error=snap.last_error,
         exported=snap.exported,
@@ -94,24 +153,71 @@ def _health(stats: ExportStats) -> otel_config_pb2.ExporterHealth:
     return health
 
 
+async def _abort_change(context: grpc.aio.ServicerContext, e: Exception) -> None:
+    """The one mapping of a failed Set or rollback to a status; nothing was changed."""
+    if isinstance(e, InvalidConfig):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    if isinstance(e, StaleVersion | SecretBoxError):
+        # A missing encryption key is fixed by the operator, not by retrying.
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    if isinstance(e, UnknownVersion):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+    if isinstance(e, ConfigStoreUnavailable):
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"config store unavailable, nothing changed: {e}"
+        )
+    if isinstance(e, ConfigStoreError | OSError):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"config not saved, nothing changed: {e}")
+    if isinstance(e, ValueError):
+        # An exporter refused its settings while being built: nothing was switched.
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"config: {e}")
+    raise e
+
+
+_CHANGE_ERRORS = (
+    InvalidConfig,
+    StaleVersion,
+    UnknownVersion,
+    SecretBoxError,
+    ConfigStoreError,
+    OSError,
+    ValueError,
+)
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, telemetry: Telemetry, manager: OtelConfigManager) -> None:
+    def __init__(
+        self, telemetry: Telemetry, manager: OtelConfigManager, replicas: Replicas
+    ) -> None:
         self._store: TraceStore = telemetry.store
         self._telemetry = telemetry
         self._manager = manager
+        self._replicas = replicas
 
     def _otel_health(self) -> otel_config_pb2.OtelHealth:
         return otel_config_pb2.OtelHealth(
-            traces=_health(self._telemetry.trace_stats),
-            metrics=_health(self._telemetry.metric_stats),
+            traces=_health(self._telemetry.trace_stats.snapshot()),
+            metrics=_health(self._telemetry.metric_stats.snapshot()),
         )
+
+    def _store_health(self) -> admin_pb2.ConfigStoreHealth:
+        h = self._manager.store.health()
+        pb = admin_pb2.ConfigStoreHealth(
+            backend=h.backend, connected=h.connected, last_error=h.last_error
+        )
+        if h.last_error_ns:
+            pb.last_error_time.CopyFrom(_timestamp(h.last_error_ns))
+        return pb
 
     async def GetOtelConfig(
         self, request: admin_pb2.GetOtelConfigRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetOtelConfigResponse:
         settings = self._manager.settings
         return admin_pb2.GetOtelConfigResponse(
-            config=to_proto(settings), version=settings.version, health=self._otel_health()
+            config=to_proto(settings),
+            version=settings.version,
+            health=self._otel_health(),
+            store=self._store_health(),
         )
 
     async def SetOtelConfig(
@@ -119,20 +225,73 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.SetOtelConfigResponse:
         expected = request.expected_version if request.HasField("expected_version") else None
         try:
-            settings = await self._manager.set(request.config, expected)
-        except InvalidConfig as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except StaleVersion as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        except (ConfigStoreError, OSError) as e:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"config not saved, nothing changed: {e}"
-            )
-        except ValueError as e:
-            # An exporter refused its settings while being built: nothing was switched.
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"config: {e}")
+            settings = await self._manager.set(request.config, expected, author=admin_principal())
+        except _CHANGE_ERRORS as e:
+            await _abort_change(context, e)
         return admin_pb2.SetOtelConfigResponse(
             config=to_proto(settings), version=settings.version, health=self._otel_health()
+        )
+
+    async def RollbackOtelConfig(
+        self, request: admin_pb2.RollbackOtelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RollbackOtelConfigResponse:
+        if request.version < 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "version: the version to restore, 1 or more"
+            )
+        expected = request.expected_version if request.HasField("expected_version") else None
+        try:
+            settings = await self._manager.rollback(
+                request.version, expected, author=admin_principal()
+            )
+        except _CHANGE_ERRORS as e:
+            await _abort_change(context, e)
+        return admin_pb2.RollbackOtelConfigResponse(
+            config=to_proto(settings), version=settings.version, health=self._otel_health()
+        )
+
+    async def ListOtelConfigHistory(
+        self,
+        request: admin_pb2.ListOtelConfigHistoryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> admin_pb2.ListOtelConfigHistoryResponse:
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if page_size > MAX_PAGE_SIZE:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"page_size: at most {MAX_PAGE_SIZE}, got {request.page_size}",
+            )
+        try:
+            versions = await asyncio.to_thread(
+                self._manager.store.history,
+                page_size=page_size + 1,
+                before_version=request.before_version,
+            )
+        except ConfigStoreUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"config store unavailable: {e}")
+        except ConfigStoreError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        page = versions[:page_size]
+        more = len(versions) > page_size
+        return admin_pb2.ListOtelConfigHistoryResponse(
+            versions=[_config_version(v) for v in page],
+            next_before_version=page[-1].version if more else 0,
+        )
+
+    async def ListReplicas(
+        self, request: admin_pb2.ListReplicasRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListReplicasResponse:
+        try:
+            replicas = await asyncio.to_thread(self._replicas.list)
+            newest = await asyncio.to_thread(self._manager.store.latest)
+        except (ConnectionError, ConfigStoreUnavailable) as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"config store unavailable: {e}")
+        current = newest.version if newest is not None else self._manager.settings.version
+        live = [r for r in replicas if r.live]
+        return admin_pb2.ListReplicasResponse(
+            replicas=[_replica(r) for r in replicas],
+            current_version=current,
+            converged=bool(live) and all(r.applied_version == current for r in live),
         )
 
     async def TestOtelConfig(

@@ -14,6 +14,7 @@ Health and reflection stay open, as probes and grpcurl expect.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,7 +23,22 @@ from urllib.parse import unquote
 
 import grpc
 
-__all__ = ["AuthInterceptor", "is_loopback_peer", "parse_api_keys"]
+__all__ = ["AuthInterceptor", "admin_principal", "is_loopback_peer", "parse_api_keys"]
+
+# Who is making the current admin call, for the config history: the admin token's name, or
+# the loopback peer's address when no token is configured. Never the token itself.
+_PRINCIPAL: contextvars.ContextVar[str] = contextvars.ContextVar("aigw_admin_principal", default="")
+ADMIN_TOKEN_NAME = "admin"  # noqa: S105 - the name the history shows, not a token
+
+
+def admin_principal() -> str:
+    return _PRINCIPAL.get()
+
+
+def _peer_address(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` → `127.0.0.1:5000` (gRPC core URI-escapes IPv6 peers)."""
+    return unquote(peer.partition(":")[2]) or peer
+
 
 _ADMIN_PREFIX = "/aigw.v1.AdminService/"
 _COMPLETION_PREFIX = "/aigw.v1.Completion/"
@@ -111,7 +127,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         if self._admin:
             if is_admin:
-                return handler
+                return _as_principal(handler, ADMIN_TOKEN_NAME)
             if is_client:
                 return _deny(
                     handler,
@@ -138,15 +154,32 @@ def _loopback_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     assert behavior is not None, "AdminService methods are unary"
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not is_loopback_peer(context.peer()):
+        peer = context.peer()
+        if not is_loopback_peer(peer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "AdminService accepts only loopback callers when AIGW_ADMIN_TOKEN is unset",
             )
+        _PRINCIPAL.set(_peer_address(peer))
         return await behavior(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
         guarded,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _as_principal(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
+    behavior = handler.unary_unary
+    assert behavior is not None, "AdminService methods are unary"
+
+    async def named(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _PRINCIPAL.set(name)
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        named,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

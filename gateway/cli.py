@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--state-dir", type=Path, help="trace store and OTEL config directory")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands.add_parser(
+        "keygen", help="print a new key for [store] encryption_key_env (AIGW_CONFIG_KEY)"
+    )
     return parser
 
 
@@ -56,6 +59,11 @@ def configure(args: argparse.Namespace) -> GatewayConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keygen":
+        from admin.secret_box import new_key
+
+        print(new_key())
+        return 0
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -70,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aigw: invalid config:\n{e}", file=sys.stderr)
         return 2
     from admin.config_store import ConfigStoreError
+    from gateway.backends import BackendError
     from admin.otel_config import InvalidConfig
     from gateway.server import serve
     from gateway.telemetry.trace_store import TraceStoreError
 
     try:
         return asyncio.run(serve(config))
-    except (ConfigStoreError, TraceStoreError) as e:
+    except (ConfigStoreError, TraceStoreError, BackendError) as e:
         print(f"aigw: cannot start: {e}", file=sys.stderr)
         return 2
     except InvalidConfig as e:

@@ -15,6 +15,12 @@
     trace_store_max_spans = 100000
     trace_store_max_age_hours = 168
 
+    [store]                         # fleet mode: replicas share config and traces in PostgreSQL
+    database_url_env = "AIGW_DATABASE_URL"  # the variable's name; the URL holds a password
+    encryption_key_env = "AIGW_CONFIG_KEY"  # Fernet key(s) for exporter secrets at rest
+    heartbeat_seconds = 2           # replica heartbeat and config version check
+    replica_forget_seconds = 600    # a replica gone this long leaves the list
+
     [routes.gpt-4o]
     provider = "openai"
     model = "gpt-4o"
@@ -45,6 +51,7 @@ __all__ = [
     "GatewayConfig",
     "RouteConfig",
     "ServerConfig",
+    "StoreConfig",
     "TelemetryConfig",
     "default_state_dir",
     "load_config",
@@ -84,6 +91,19 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    # Empty: the embedded default (config file + SQLite in the state directory).
+    database_url_env: str = ""
+    encryption_key_env: str = "AIGW_CONFIG_KEY"
+    heartbeat_seconds: float = 2.0
+    replica_forget_seconds: float = 600.0
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.database_url_env)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RouteConfig:
     name: str
     provider: str
@@ -112,6 +132,7 @@ DEFAULT_ROUTES: Mapping[str, RouteConfig] = {
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     routes: Mapping[str, RouteConfig] = field(default_factory=lambda: dict(DEFAULT_ROUTES))
     source: str = "<defaults>"
 
@@ -216,6 +237,12 @@ _TELEMETRY: dict[str, Check] = {
     "trace_store_max_spans": _integer(100, 100_000_000),
     "trace_store_max_age_hours": _number(0.01, 24 * 3650),
 }
+_STORE: dict[str, Check] = {
+    "database_url_env": _string(_ENV_NAME, "an environment variable name"),
+    "encryption_key_env": _string(_ENV_NAME, "an environment variable name"),
+    "heartbeat_seconds": _number(0.1, 60),
+    "replica_forget_seconds": _number(1, 7 * 86400),
+}
 _ROUTE: dict[str, Check] = {
     "provider": _string(re.compile("|".join(PROVIDERS)), "one of " + ", ".join(PROVIDERS)),
     "model": _string(re.compile(r"\S.{0,255}"), "a non-empty upstream model name"),
@@ -304,10 +331,11 @@ def load_config(path: Path | None) -> GatewayConfig:
 
     problems: list[tuple[str, str]] = []
     for key in doc:
-        if key not in ("server", "telemetry", "routes"):
-            problems.append((key, "unknown section; expected server, telemetry or routes"))
+        if key not in ("server", "telemetry", "store", "routes"):
+            problems.append((key, "unknown section; expected server, telemetry, store or routes"))
     server = _section(doc.get("server", {}), "server", _SERVER, problems)
     telemetry = _section(doc.get("telemetry", {}), "telemetry", _TELEMETRY, problems)
+    store = _section(doc.get("store", {}), "store", _STORE, problems)
     routes_table = doc.get("routes", None)
     routes: dict[str, RouteConfig] = {}
     if routes_table is None:
@@ -328,6 +356,7 @@ def load_config(path: Path | None) -> GatewayConfig:
     return GatewayConfig(
         server=ServerConfig(**server),
         telemetry=TelemetryConfig(**telemetry),
+        store=StoreConfig(**store),
         routes=routes,
         source=source,
     )

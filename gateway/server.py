@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,17 +24,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from admin.config_manager import OtelConfigManager
-from admin.config_store import FileConfigStore
-from admin.servicer import AdminServicer
+from admin.replicas import Identity, Replicas
+from admin.servicer import AdminServicer, health_document
 from gateway.auth import AuthInterceptor, parse_api_keys
+from gateway.backends import OTEL_CONFIG_FILE, open_backends
 from gateway.completion import CompletionServicer
 from gateway.config import GatewayConfig, parse_listen_address
 from gateway.metrics_http import MetricsServer
 from gateway.router import Router
 from gateway.telemetry.interceptor import TelemetryInterceptor
 from gateway.telemetry.pipeline import Telemetry
+from gateway.telemetry.resource import build_resource
 
-__all__ = ["Gateway", "serve"]
+__all__ = ["OTEL_CONFIG_FILE", "Gateway", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ SERVICE_NAMES = (
     completion_pb2.DESCRIPTOR.services_by_name["Completion"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
-OTEL_CONFIG_FILE = "otel-config.json"
 # Time left after the grace period to flush telemetry before the process gives up on it.
 _FLUSH_SECONDS = 5.0
 
@@ -64,6 +66,8 @@ class Gateway:
         self._metrics_server: MetricsServer | None = None
         self._router: Router | None = None
         self.telemetry: Telemetry | None = None
+        self.replicas: Replicas | None = None
+        self.instance_id = ""
         self.port = 0
         self.metrics_port = 0
         self._stopped = False
@@ -78,9 +82,21 @@ class Gateway:
         metrics_host, metrics_port = parse_listen_address(server_cfg.metrics_listen)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-        self.telemetry = telemetry = Telemetry(self.config.telemetry, self.state_dir)
-        self.otel = OtelConfigManager(telemetry, FileConfigStore(self.state_dir / OTEL_CONFIG_FILE))
-        await self.otel.start(self._env)
+        resource = build_resource()
+        self.instance_id = str(resource.attributes["service.instance.id"])
+        backends = await asyncio.to_thread(open_backends, self.config, self._env, self.instance_id)
+        self.telemetry = telemetry = Telemetry(
+            self.config.telemetry, backends.trace_store, resource
+        )
+        self.otel = otel = OtelConfigManager(telemetry, backends.config_store)
+        await otel.start(self._env)
+        self.replicas = replicas = backends.replicas(
+            lambda: (
+                otel.settings.version,
+                health_document(telemetry.trace_stats, telemetry.metric_stats),
+            ),
+            self.config,
+        )
         self._router = Router(self.config.routes)
         interceptor = TelemetryInterceptor(telemetry.tracer, telemetry.metrics, host, port)
         limit = server_cfg.max_message_bytes
@@ -102,7 +118,7 @@ class Gateway:
             CompletionServicer(self._router, telemetry.genai), server
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(telemetry, self.otel), server
+            AdminServicer(telemetry, otel, replicas), server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -118,6 +134,7 @@ class Gateway:
         self._metrics_server.start()
         self.metrics_port = self._metrics_server.port
         await server.start()
+        replicas.start(Identity(instance_id=self.instance_id, address=_advertised(host, self.port)))
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -135,13 +152,24 @@ class Gateway:
             await self._router.aclose()
         if self._metrics_server is not None:
             self._metrics_server.stop()
+        deadline = time.monotonic() + _FLUSH_SECONDS
+        if self.replicas is not None:
+            await asyncio.to_thread(self.replicas.shutdown, deadline)
+        if self.otel is not None:
+            await self.otel.shutdown(deadline)
         if self.telemetry is not None:
-            deadline = time.monotonic() + _FLUSH_SECONDS
             await asyncio.to_thread(self.telemetry.shutdown, deadline)
 
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+def _advertised(host: str, port: int) -> str:
+    """The address other replicas and operators can reach this one at."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"{_bracket(host)}:{port}"
 
 
 def _bracket(host: str) -> str:

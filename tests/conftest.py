@@ -11,7 +11,7 @@ import grpc
 import pytest
 from aigw.v1 import admin_pb2_grpc, completion_pb2, completion_pb2_grpc
 
-from gateway.config import GatewayConfig, RouteConfig, ServerConfig, TelemetryConfig
+from gateway.config import GatewayConfig, RouteConfig, ServerConfig, StoreConfig, TelemetryConfig
 from gateway.server import Gateway
 from tests.openai_stub import openai_stub  # noqa: F401 - a fixture for the whole suite
 from tests.postgres import PostgresCluster
@@ -24,6 +24,7 @@ def make_config(
     *,
     routes: Mapping[str, RouteConfig] | None = None,
     telemetry: TelemetryConfig | None = None,
+    store: StoreConfig | None = None,
     **server: Any,
 ) -> GatewayConfig:
     base = GatewayConfig()
@@ -36,6 +37,7 @@ def make_config(
             **server,
         ),
         telemetry=telemetry or TelemetryConfig(),
+        store=store or StoreConfig(),
         routes=routes if routes is not None else base.routes,
     )
 
