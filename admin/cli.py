@@ -6,6 +6,9 @@
     aigw-admin otel set --traces-enabled true --traces-protocol http \\
         --traces-endpoint https://otlp.example.com/v1/traces --traces-header authorization=KEY
     aigw-admin otel test --metrics-protocol grpc --metrics-endpoint http://127.0.0.1:4317
+    aigw-admin otel history
+    aigw-admin otel rollback 3
+    aigw-admin replicas
 
 `otel set` and `otel test` start from the gateway's current config (Get), change only the
 flags given, and `set` sends the version it started from, so two operators editing at once
@@ -214,7 +217,65 @@ def _show_trace(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace,
     return 0
 
 
+def _when(ts: object) -> str:
+    return ts.ToDatetime().isoformat(sep=" ", timespec="seconds")  # type: ignore[attr-defined]
+
+
+def _history(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    reply = stub.ListOtelConfigHistory(
+        admin_pb2.ListOtelConfigHistoryRequest(page_size=args.limit),
+        metadata=meta,
+        timeout=args.timeout,
+    )
+    if args.json:
+        _print_json(reply)
+        return 0
+    print(f"{'version':>7}  {'applied (UTC)':19}  {'action':12}  {'by':24}  traces / metrics")
+    for v in reply.versions:
+        action = v.action + (f" to {v.restored_version}" if v.restored_version else "")
+        sections = " / ".join(
+            (s.endpoint or "-") if s.enabled else "off" for s in (v.config.traces, v.config.metrics)
+        )
+        print(f"{v.version:>7}  {_when(v.applied_time):19}  {action:12}  {v.author:24}  {sections}")
+    return 0
+
+
+def _rollback(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    current = stub.GetOtelConfig(
+        admin_pb2.GetOtelConfigRequest(), metadata=meta, timeout=args.timeout
+    )
+    reply = stub.RollbackOtelConfig(
+        admin_pb2.RollbackOtelConfigRequest(version=args.version, expected_version=current.version),
+        metadata=meta,
+        timeout=args.timeout,
+    )
+    _print_json(reply)
+    return 0
+
+
+def _replicas(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    reply = stub.ListReplicas(admin_pb2.ListReplicasRequest(), metadata=meta, timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+        return 0
+    state = "converged" if reply.converged else "NOT converged"
+    print(f"config version {reply.current_version}: {state}")
+    print(f"{'instance':36}  {'address':21}  {'state':5}  {'applied':>7}  last heartbeat (UTC)")
+    for r in reply.replicas:
+        live = "live" if r.state == admin_pb2.REPLICA_STATE_LIVE else "gone"
+        me = "  (this one)" if r.self else ""
+        print(
+            f"{r.instance_id:36}  {r.address:21}  {live:5}  {r.applied_version:>7}  "
+            f"{_when(r.last_heartbeat_time)}{me}"
+        )
+    return 0 if reply.converged else 1
+
+
 def _otel(stub: admin_pb2_grpc.AdminServiceStub, args: argparse.Namespace, meta: list) -> int:
+    if args.action == "history":
+        return _history(stub, args, meta)
+    if args.action == "rollback":
+        return _rollback(stub, args, meta)
     current = stub.GetOtelConfig(
         admin_pb2.GetOtelConfigRequest(), metadata=meta, timeout=args.timeout
     )
@@ -272,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     otel_cmd.add_parser("get", help="the effective config (headers masked) and exporter health")
     _add_exporter_flags(otel_cmd.add_parser("set", help="change and apply at once"))
     _add_exporter_flags(otel_cmd.add_parser("test", help="one real export, nothing saved"))
+    history = otel_cmd.add_parser("history", help="applied versions, newest first")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true")
+    rollback = otel_cmd.add_parser("rollback", help="make an earlier version current again")
+    rollback.add_argument("version", type=int)
+    replicas = commands.add_parser(
+        "replicas", help="the fleet: every replica and the config version it applied"
+    )
+    replicas.add_argument("--json", action="store_true")
     return parser
 
 
@@ -284,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "traces":
                 return (_list_traces if args.action == "list" else _show_trace)(stub, args, meta)
+            if args.command == "replicas":
+                return _replicas(stub, args, meta)
             return _otel(stub, args, meta)
         except grpc.RpcError as e:
             print(f"aigw-admin: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]

@@ -48,10 +48,12 @@ def test_versions_history_and_secrets_round_trip(database_url: str, tmp_path: Pa
     assert put(a, settings("http://127.0.0.1:1/v1/traces", SECRET)).version == 1
     assert put(b, settings("http://127.0.0.1:2/v1/traces")).version == 2
     newest = a.latest()
-    assert newest is not None and newest.version == 2
+    assert newest is not None
+    assert newest.version == 2
     assert newest.traces.endpoint == "http://127.0.0.1:2/v1/traces"
     first = b.get(1)
-    assert first is not None and first.settings.traces.header_dict == {"x-api-key": SECRET}
+    assert first is not None
+    assert first.settings.traces.header_dict == {"x-api-key": SECRET}
     assert [v.version for v in a.history(page_size=10)] == [2, 1]
     assert [v.version for v in a.history(page_size=10, before_version=2)] == [1]
     with psycopg.connect(database_url) as conn:
@@ -92,10 +94,12 @@ def test_secrets_need_a_key_and_the_right_key(database_url: str, tmp_path: Path)
     # Rotation: the new key first encrypts, the old one second still decrypts.
     rotated = store(database_url, tmp_path, f"{new},{old}", "r")
     first = rotated.latest()
-    assert first is not None and first.traces.header_dict == {"x-api-key": SECRET}
+    assert first is not None
+    assert first.traces.header_dict == {"x-api-key": SECRET}
     put(rotated, settings("http://127.0.0.1:2/v1/t", SECRET))
     second = store(database_url, tmp_path, new, "n").latest()
-    assert second is not None and second.traces.header_dict == {"x-api-key": SECRET}
+    assert second is not None
+    assert second.traces.header_dict == {"x-api-key": SECRET}
     # A key that never encrypted anything here is refused, by name, without the secret.
     with pytest.raises(ConfigStoreError, match="do not decrypt") as wrong:
         store(database_url, tmp_path, new_key(), "w").latest()
@@ -128,7 +132,8 @@ def test_database_down_reads_the_cache_and_changes_nothing(
     finally:
         pg_cluster.start()
     newest = fresh.latest()
-    assert newest is not None and newest.version == 1
+    assert newest is not None
+    assert newest.version == 1
     assert fresh.health().connected
 
 
