@@ -18,7 +18,12 @@ from admin.secret_box import SecretBoxError
 from gateway.auth import admin_principal
 from gateway.telemetry.export_stats import ExportStats, HealthSnapshot
 from gateway.telemetry.pipeline import Telemetry
-from gateway.telemetry.trace_store import StoredSpan, TraceStore, TraceSummary
+from gateway.telemetry.trace_store import (
+    StoredSpan,
+    TraceStore,
+    TraceStoreUnavailable,
+    TraceSummary,
+)
 
 __all__ = ["AdminServicer"]
 
@@ -56,6 +61,7 @@ def _summary(t: TraceSummary) -> traces_pb2.TraceSummary:
         start_time=_timestamp(t.start_ns),
         duration=_duration(t.duration_ns),
         span_count=t.span_count,
+        replica=t.replica,
     )
 
 
@@ -348,6 +354,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except TraceStoreUnavailable as e:
+            # The shared database is away: retryable, and the message holds no credential.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return admin_pb2.ListTracesResponse(
             traces=[_summary(t) for t in traces], next_page_token=token
         )
@@ -360,7 +369,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "trace_id: must be 32 hexadecimal digits"
             )
-        spans = await asyncio.to_thread(self._store.get_trace, trace_id)
+        try:
+            spans = await asyncio.to_thread(self._store.get_trace, trace_id)
+        except TraceStoreUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         if not spans:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"trace_id: no trace {trace_id} in the trace store"

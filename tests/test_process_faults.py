@@ -17,7 +17,7 @@ import grpc
 from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
 
 from admin.config_store import FileConfigStore
-from gateway.telemetry.trace_store import TraceStore
+from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 from tests.conftest import chat
 from tests.otlp_receivers import HttpOtlpReceiver
 from tests.processes import start_gateway_process, stop_process
@@ -46,7 +46,9 @@ async def test_sigterm_exports_queued_spans_and_flushes_the_store(tmp_path: Path
         names = collections.Counter(name for _, _, name in receiver.spans())
     assert names["aigw.v1.Completion/Complete"] == 40
     assert names["chat echo-1"] == 40
-    with TraceStore.open(tmp_path / "traces.db", max_spans=10**6, max_age_seconds=1e9) as store:
+    with SqliteTraceStore.open(
+        tmp_path / "traces.db", max_spans=10**6, max_age_seconds=1e9
+    ) as store:
         listed, _ = store.list_traces(model="echo", page_size=1000)
     assert len(listed) == 40
 
@@ -118,7 +120,9 @@ async def test_kill_9_under_load_leaves_a_trace_store_that_opens(tmp_path: Path)
     finally:
         await stop_process(proc)
     listed = []
-    with TraceStore.open(tmp_path / "traces.db", max_spans=10**6, max_age_seconds=1e9) as store:
+    with SqliteTraceStore.open(
+        tmp_path / "traces.db", max_spans=10**6, max_age_seconds=1e9
+    ) as store:
         token = ""
         while True:
             page, token = store.list_traces(model="echo", page_size=1000, page_token=token)

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
 
-from gateway.telemetry.trace_store import TraceStore
+from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 from tests.conftest import chat
 from tests.otlp_receivers import GrpcOtlpReceiver, HttpOtlpReceiver
 from tests.processes import start_gateway_process, stop_process
@@ -108,7 +108,9 @@ async def test_soak_switching_export_under_load(tmp_path: Path) -> None:
     assert not failures, failures[:5]
     assert completed > 200
     assert not violations
-    with TraceStore.open(tmp_path / "traces.db", max_spans=10**7, max_age_seconds=1e9) as store:
+    with SqliteTraceStore.open(
+        tmp_path / "traces.db", max_spans=10**7, max_age_seconds=1e9
+    ) as store:
         produced = set()
         token = ""
         while True:

@@ -33,8 +33,8 @@ from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
 from gateway.telemetry.resource import build_resource
 from gateway.telemetry.span_export import SpanExportProcessor
-from gateway.telemetry.trace_store import TraceStore
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
+from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 
 __all__ = ["TRACE_STORE_FILE", "Telemetry"]
 
@@ -45,7 +45,7 @@ _log = logging.getLogger(__name__)
 class Telemetry:
     def __init__(self, config: TelemetryConfig, state_dir: Path) -> None:
         self.resource = build_resource()
-        self.store = TraceStore.open(
+        self.store = SqliteTraceStore.open(
             state_dir / TRACE_STORE_FILE,
             max_spans=config.trace_store_max_spans,
             max_age_seconds=config.trace_store_max_age_hours * 3600,

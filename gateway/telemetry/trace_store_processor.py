@@ -23,6 +23,15 @@ Failures
     and `failed` (spans). Each distinct error is logged once, so a full disk does not flood
     the log it may share.
 
+Store unavailable
+    A store whose database cannot be reached raises `TraceStoreUnavailable`: the batch is kept,
+    not counted failed, and retried after a pause that doubles from 0.1 s to 5 s (shutdown cuts
+    it short). Meanwhile `on_end` keeps queueing up to `capacity` and drops (and counts) what
+    is beyond, as under overload, so an outage loses the newest spans, not the queued ones.
+    One WARNING when the store becomes unavailable and one INFO when writes resume, however
+    many retries lie between. A `force_flush` during an outage returns False at its timeout; a
+    `shutdown` retries until its drain deadline and counts whatever is still held as dropped.
+
 Counters (cumulative, for the metrics catalog): `queued` (accepted into the queue),
 `written` (committed by the store), `dropped` (queue full, ended after shutdown, or left when
 the shutdown drain timed out), `failed` (in a failed batch), `write_errors` (failed batches).
@@ -42,6 +51,8 @@ from typing import Final, Protocol
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from gateway.telemetry.trace_store import TraceStoreUnavailable
+
 __all__ = ["SpanWriter", "TraceStoreProcessor"]
 
 _log = logging.getLogger(__name__)
@@ -50,9 +61,14 @@ _log = logging.getLogger(__name__)
 # detail must not grow the set without bound.
 _MAX_REMEMBERED_ERRORS: Final = 64
 
+# Pause before retrying a batch while the store is unavailable: doubles from the first to the
+# last, so an outage costs a few attempts a minute, and a short blip about 0.1 s of delay.
+_RETRY_FIRST_SECONDS: Final = 0.1
+_RETRY_MAX_SECONDS: Final = 5.0
+
 
 class SpanWriter(Protocol):
-    """What the processor needs of a store (`TraceStore` is one)."""
+    """What the processor needs of a store (any `TraceStore`)."""
 
     def write(self, spans: Sequence[ReadableSpan]) -> int: ...
 
@@ -104,6 +120,8 @@ class TraceStoreProcessor(SpanProcessor):
         self._failed = 0
         self._write_errors = 0
         self._logged_errors: set[str] = set()
+        # Monotonic time the store became unavailable; 0 while it is available.
+        self._unavailable_since = 0.0
 
         # A daemon so a provider nobody shuts down cannot hang interpreter exit; the SDK's
         # atexit shutdown still drains it in the normal case.
@@ -246,13 +264,33 @@ class TraceStoreProcessor(SpanProcessor):
     def _write(self, batch: list[ReadableSpan]) -> None:
         written = 0
         error: Exception | None = None
-        try:
-            written = self._store.write(batch)
-        except Exception as exc:  # a failed batch must not kill the writer
-            error = exc
-            # Before `_finish`, so a force_flush that sees the failure also sees it logged;
-            # outside the lock, so a slow log handler cannot stall `on_end`.
-            self._log_once(exc, len(batch))
+        retry_in = _RETRY_FIRST_SECONDS
+        while True:
+            try:
+                written = self._store.write(batch)
+            except TraceStoreUnavailable as exc:
+                self._note_unavailable(exc, len(batch))
+                if self._pause(retry_in):
+                    retry_in = min(retry_in * 2, _RETRY_MAX_SECONDS)
+                    continue
+                # Out of drain time at shutdown: the batch is lost, like the queue behind it.
+                with self._lock:
+                    self._dropped += len(batch)
+                    self._finish(len(batch))
+                return
+            except Exception as exc:  # a failed batch must not kill the writer
+                error = exc
+                # Before `_finish`, so a force_flush that sees the failure also sees it logged;
+                # outside the lock, so a slow log handler cannot stall `on_end`.
+                self._log_once(exc, len(batch))
+            break
+        if self._unavailable_since:
+            # The store answered (even a rejection means its database is back).
+            _log.info(
+                "trace store available again after %.1f s; writes resumed",
+                time.monotonic() - self._unavailable_since,
+            )
+            self._unavailable_since = 0.0
         with self._lock:
             if error is None:
                 self._written += written
@@ -260,6 +298,40 @@ class TraceStoreProcessor(SpanProcessor):
                 self._write_errors += 1
                 self._failed += len(batch)
             self._finish(len(batch))
+
+    def _note_unavailable(self, error: Exception, held: int) -> None:
+        # Writer thread only. Once per outage: every retry would flood the log.
+        if self._unavailable_since:
+            return
+        self._unavailable_since = time.monotonic()
+        _log.warning(
+            "trace store unavailable, holding %d span(s) and retrying with backoff (new spans "
+            "queue up to %d, beyond which they are dropped and counted): %s",
+            held + len(self._queue),
+            self._capacity,
+            error,
+        )
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` before a retry; True to retry, False when shutdown's drain deadline
+        has passed (give up). Shutdown starting during the pause ends it at once (one last
+        prompt attempt), and no pause runs past the drain deadline."""
+        until = time.monotonic() + seconds
+        with self._lock:
+            was_stopping = self._stopping
+            while True:
+                now = time.monotonic()
+                if self._stopping:
+                    if now >= self._drain_deadline:
+                        return False
+                    if not was_stopping:
+                        return True
+                    until = min(until, self._drain_deadline)
+                if now >= until:
+                    return True
+                # on_end and force_flush notify this condition too; those wake-ups just loop:
+                # only shutdown shortens the pause.
+                self._work.wait(until - now)
 
     def _finish(self, count: int) -> None:
         # Caller holds the lock.

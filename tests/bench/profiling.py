@@ -46,7 +46,7 @@ __all__ = ["Profile", "main"]
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protobuf", ("google/protobuf/",)),
     ("trace store processor (on_end)", ("gateway/telemetry/trace_store_processor.py",)),
-    ("trace store (SQLite writer)", ("gateway/telemetry/trace_store.py", "sqlite3/")),
+    ("trace store (SQLite writer)", ("gateway/telemetry/trace_store", "sqlite3/")),
     ("span export processor (on_end)", ("gateway/telemetry/span_export.py",)),
     (
         "OTLP exporters",
