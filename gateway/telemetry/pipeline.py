@@ -1,6 +1,6 @@
 """Builds the gateway's tracer and meter providers and takes them down in order.
 
-    TracerProvider ─→ TraceStoreProcessor → SQLite (always on)
+    TracerProvider ─→ TraceStoreProcessor → trace store (SQLite, or PostgreSQL for a fleet)
                    └→ OTLP span export (gate → batch processor → switchable exporter)
     MeterProvider  ─→ PrometheusMetricReader → /metrics (always on)
                    └→ OTLP metric export (periodic reader → switchable exporter)
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
@@ -31,25 +31,20 @@ from gateway.telemetry.genai import GenAITelemetry
 from gateway.telemetry.metric_export import MetricExport
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
-from gateway.telemetry.resource import build_resource
 from gateway.telemetry.span_export import SpanExportProcessor
+from gateway.telemetry.trace_store import TraceStore
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
-from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 
-__all__ = ["TRACE_STORE_FILE", "Telemetry"]
+__all__ = ["Telemetry"]
 
-TRACE_STORE_FILE = "traces.db"
 _log = logging.getLogger(__name__)
 
 
 class Telemetry:
-    def __init__(self, config: TelemetryConfig, state_dir: Path) -> None:
-        self.resource = build_resource()
-        self.store = SqliteTraceStore.open(
-            state_dir / TRACE_STORE_FILE,
-            max_spans=config.trace_store_max_spans,
-            max_age_seconds=config.trace_store_max_age_hours * 3600,
-        )
+    def __init__(self, config: TelemetryConfig, store: TraceStore, resource: Resource) -> None:
+        """`store` is owned from here on: `shutdown` closes it."""
+        self.resource = resource
+        self.store = store
         self.store_processor = TraceStoreProcessor(self.store)
         self.trace_stats = ExportStats()
         self.span_export = SpanExportProcessor(self.trace_stats)
