@@ -18,26 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from aigw.v1 import otel_config_pb2
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from admin.config_store import Action, ConfigStore, ConfigStoreError, ConfigStoreUnavailable
 from admin.otel_config import InvalidConfig, from_environment, merge, section_from_proto
-from gateway.telemetry.export_outcome import (
-    ExportOutcome,
-    outcome_from_exception,
-    reported_outcome,
-)
+from gateway.telemetry.export_outcome import ExportOutcome
+from gateway.telemetry.export_probe import probe_export
 from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
-from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
 from gateway.telemetry.pipeline import Telemetry
 
 __all__ = ["OtelConfigManager", "StaleVersion", "TestResult", "UnknownVersion"]
@@ -256,32 +246,4 @@ def _describe(s: ExporterSettings) -> str:
 
 
 def _test_export(section: str, settings: ExporterSettings, telemetry: Telemetry) -> TestResult:
-    started = time.perf_counter()
-    secrets = tuple(v for _, v in settings.headers)
-    try:
-        if section == "traces":
-            exporter = build_span_exporter(settings)
-            spans = InMemorySpanExporter()
-            provider = TracerProvider(resource=telemetry.resource)
-            provider.add_span_processor(SimpleSpanProcessor(spans))
-            provider.get_tracer("aigw.otel.test").start_span("aigw.otel.test").end()
-            provider.shutdown()
-            try:
-                ok = exporter.export(spans.get_finished_spans()).name == "SUCCESS"
-            finally:
-                exporter.shutdown()
-        else:
-            exporter = build_metric_exporter(settings)
-            reader = InMemoryMetricReader()
-            provider = MeterProvider(resource=telemetry.resource, metric_readers=[reader])
-            provider.get_meter("aigw.otel.test").create_counter("aigw.otel.test").add(1)
-            data = reader.get_metrics_data()
-            provider.shutdown()
-            try:
-                ok = exporter.export(data, timeout_millis=settings.timeout * 1000).name == "SUCCESS"
-            finally:
-                exporter.shutdown()
-        outcome = reported_outcome(exporter, ok)
-    except Exception as e:
-        outcome = outcome_from_exception(e, secrets=secrets)
-    return TestResult(outcome, time.perf_counter() - started)
+    return TestResult(*probe_export(section, settings, telemetry.resource))

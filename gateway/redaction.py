@@ -1,25 +1,56 @@
-"""Secrets never reach the logs, whoever logs them.
+"""Secrets never reach the logs, whoever logs them — and the rest of the line survives.
 
 Exporter header values and provider API keys are known to the gateway; backends and upstreams
 sometimes echo them in error messages, and libraries we do not own (the OTLP exporters, httpx)
 log those messages verbatim. One process-wide filter, on every handler of the root logger and
 on the libraries' own loggers, rewrites any record that contains a known secret before it is
-formatted — message, arguments and traceback alike.
+formatted — message, arguments and traceback alike. Export error messages shown in health and
+`TestOtelConfig` go through the same `redact`.
+
+The rule (one place, used by the filter and by export messages):
+
+* **What is a secret.** Every value given to us as one (a header value, an API key), and every
+  piece of it split at whitespace, ``,``, ``;`` or ``=`` (``"Bearer sk-abc…"`` → ``"sk-abc…"``,
+  since backends echo the bare token) — but only if it is at least `MIN_SECRET_LENGTH` (8)
+  characters long. Shorter values are not credentials (no API key or token is that short), and
+  they are what shreds lines: a header ``x-mlflow-experiment-id: 1`` used to turn
+  ``127.0.0.1`` into ``[REDACTED]27.0.0.[REDACTED]``. Such values are simply not registered.
+  The JSON-escaped and URL-encoded forms of a secret count too, for backends that echo it
+  inside a JSON body or a URL.
+* **Where it is replaced.** Only where it stands as a whole token: an occurrence is redacted
+  unless it continues a run of letters or digits on either side (``-``, ``_``, ``.``,
+  quotes, spaces, ``=`` and the like are boundaries). So ``s3cret-key-42`` is redacted in
+  ``key=s3cret-key-42;`` and ``'Bearer s3cret-key-42'`` but a registered ``12345678`` does not
+  bite into ``1234567890``. Longest secrets first, so a piece never pre-empts the whole value.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import re
 import threading
 import traceback
+import urllib.parse
 from collections.abc import Iterable
+from typing import Final
 
-from gateway.telemetry.export_outcome import redact
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "REDACTOR",
+    "SecretRedactor",
+    "install",
+    "redact",
+    "secret_needles",
+]
 
-__all__ = ["REDACTOR", "SecretRedactor", "install"]
-
-# Values this short are not secrets worth garbling every log line for ("1", "on", "gzip").
-_MIN_SECRET = 6
+REDACTED: Final[str] = "[REDACTED]"
+MIN_SECRET_LENGTH: Final[int] = 8
+_SPLIT: Final[re.Pattern[str]] = re.compile(r"[\s,;=]+")
+# A letter or digit (any script): the characters a secret must not be cut out of.
+_ALNUM: Final[str] = r"[^\W_]"
 _LIBRARY_LOGGERS = (
     "opentelemetry",
     "httpx",
@@ -30,30 +61,69 @@ _LIBRARY_LOGGERS = (
 )
 
 
+def secret_needles(values: Iterable[str]) -> frozenset[str]:
+    """The strings to redact for `values`, each given as a secret (see the module docstring)."""
+    pieces: set[str] = set()
+    for value in values:
+        value = value.strip()
+        pieces.add(value)
+        pieces.update(_SPLIT.split(value))
+    needles: set[str] = set()
+    for piece in pieces:
+        if len(piece) < MIN_SECRET_LENGTH:
+            continue
+        needles.add(piece)
+        needles.add(json.dumps(piece, ensure_ascii=False)[1:-1])
+        needles.add(urllib.parse.quote(piece, safe=""))
+    return frozenset(needles)
+
+
+@functools.lru_cache(maxsize=128)
+def _pattern(needles: frozenset[str]) -> re.Pattern[str] | None:
+    if not needles:
+        return None
+    alternatives = []
+    for needle in sorted(needles, key=lambda n: (-len(n), n)):
+        before = f"(?<!{_ALNUM})" if needle[0].isalnum() else ""
+        after = f"(?!{_ALNUM})" if needle[-1].isalnum() else ""
+        alternatives.append(f"{before}{re.escape(needle)}{after}")
+    return re.compile("|".join(alternatives))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret in `secrets` (raw values, the rule applied here) replaced."""
+    return _redact_needles(text, secret_needles(secrets))
+
+
+def _redact_needles(text: str, needles: frozenset[str]) -> str:
+    pattern = _pattern(needles)
+    return text if pattern is None else pattern.sub(REDACTED, text)
+
+
 class SecretRedactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._by_owner: dict[str, frozenset[str]] = {}
-        self._secrets: tuple[str, ...] = ()
+        self._needles: frozenset[str] = frozenset()
 
     def set_secrets(self, owner: str, secrets: Iterable[str]) -> None:
         """Replace the secrets `owner` (an exporter, a router) knows of."""
         with self._lock:
-            self._by_owner[owner] = frozenset(s for s in secrets if len(s) >= _MIN_SECRET)
-            self._secrets = tuple(set().union(*self._by_owner.values()))
+            self._by_owner[owner] = secret_needles(secrets)
+            self._needles = frozenset().union(*self._by_owner.values())
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self._secrets
-        if not secrets:
+        needles = self._needles
+        if not needles:
             return True
         message = record.getMessage()
-        redacted = redact(message, secrets)
+        redacted = _redact_needles(message, needles)
         if redacted != message:
             record.msg, record.args = redacted, ()
         if record.exc_info and record.exc_info[0] is not None:
             text = "".join(traceback.format_exception(*record.exc_info))
-            record.exc_text = redact(text, secrets).rstrip("\n")
+            record.exc_text = _redact_needles(text, needles).rstrip("\n")
             record.exc_info = None
         return True
 

@@ -315,8 +315,8 @@ async def test_disabling_export_delivers_what_was_queued_then_stops(gateway: Gat
             await flush(gateway)
         names = collections.Counter(name for _, _, name in receiver.spans())
         assert names["aigw.v1.Completion/Complete"] == 1
-    dropped = gateway.telemetry.trace_stats.dropped()  # type: ignore[union-attr]
-    assert dropped[("export_disabled",)] >= 2
+    # "after" ended while export was off: not a loss, so not counted as dropped.
+    assert gateway.telemetry.trace_stats.snapshot().dropped == 0  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("fault", ["refused", "black_hole", "503", "flapping"])

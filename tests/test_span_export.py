@@ -60,7 +60,8 @@ def test_switching_off_delivers_the_queue_to_the_old_exporter_then_retires_it() 
     assert processor.force_flush(5000)
     assert old.names == ["a", "b", "c"]
     assert old.shut.wait(5)
-    assert stats.dropped()[("export_disabled",)] == 1
+    # "after" ended while export was off: never meant for export, so not a loss.
+    assert stats.snapshot().dropped == 0
     processor.shutdown()
 
 

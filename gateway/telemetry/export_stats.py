@@ -2,10 +2,19 @@
 
 One instance per signal lives for the whole process, across exporter swaps, so the counters
 behind `aigw.telemetry.*` metrics and `GetOtelConfig` health never go backwards.
+
+It is also where export failures are logged — once per state change, not once per export: a
+WARNING when export starts failing (ok → failing, with the reason and message) or fails for a
+different reason, an INFO line when it recovers (failing → ok, with how many exports failed
+meanwhile). A dead backend with a 1 s schedule would otherwise log every second, forever.
+
+Drops are losses only: a span that was never meant to be exported (export is off) is not
+counted; one that was queued for export and then could not be sent is.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -14,6 +23,8 @@ from dataclasses import dataclass
 from gateway.telemetry.export_outcome import ExportOutcome
 
 __all__ = ["ExportStats", "HealthSnapshot"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +38,9 @@ class HealthSnapshot:
 
 
 class ExportStats:
-    def __init__(self) -> None:
+    def __init__(self, signal: str = "") -> None:
+        # "traces" or "metrics", for log lines; the processor that owns it fills it in if unset.
+        self.signal = signal
         self._lock = threading.Lock()
         # (outcome, reason) → items; outcome is "success" or "failed".
         self._results: Counter[tuple[str, str]] = Counter()
@@ -36,6 +49,9 @@ class ExportStats:
         self._last_success_ns = 0
         self._last_error_ns = 0
         self._last_error = ""
+        # The reason export is failing for ("" while it works), and failures since it started.
+        self._failing = ""
+        self._failures_in_a_row = 0
 
     def record(self, outcome: ExportOutcome, items: int) -> None:
         now = time.time_ns()
@@ -43,12 +59,23 @@ class ExportStats:
         with self._lock:
             self._results[key] += items
             self._attempts[key] += 1
+            was_failing, failures = self._failing, self._failures_in_a_row
             if outcome.success:
                 self._last_success_ns = now
+                self._failing, self._failures_in_a_row = "", 0
             else:
                 self._last_error_ns = now
                 detail = outcome.message or outcome.grpc_code or str(outcome.http_status or "")
                 self._last_error = f"{outcome.reason}: {detail}" if detail else outcome.reason
+                self._failing = outcome.reason
+                self._failures_in_a_row += 1
+            last_error = self._last_error
+        what = f"OTLP {self.signal or 'telemetry'} export"
+        if outcome.success:
+            if was_failing:
+                _log.info("%s recovered after %d failed export(s)", what, failures)
+        elif outcome.reason != was_failing:
+            _log.warning("%s failing: %s", what, last_error)
 
     def drop(self, reason: str, items: int = 1) -> None:
         with self._lock:

@@ -119,6 +119,8 @@ class MetricExport:
     def __init__(self, meter_provider: MeterProvider, stats: ExportStats) -> None:
         self._provider = meter_provider
         self._stats = stats
+        if not stats.signal:
+            stats.signal = "metrics"
         self._reader: PeriodicExportingMetricReader | None = None
         self._switch: SwitchableMetricExporter | None = None
         self._shape: tuple[float, str] | None = None

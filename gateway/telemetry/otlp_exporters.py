@@ -8,14 +8,24 @@
 
 The official exporters only say SUCCESS or FAILURE; operators need the backend's own words
 ("401 invalid API key") in `GetOtelConfig` health and `TestOtelConfig`, and the self-metrics
-need a reason label. Header values are redacted from every message kept.
+need a reason label. What each transport reports goes through `export_outcome`, the one
+translation point, so a failure reads the same whatever the encoding; header values are
+redacted from every message kept.
+
+Two things the official HTTP exporter gets wrong for us are corrected in the session: it counts
+any status below 400 as success, so a 3xx is turned into a failure there (it never follows
+redirects: that would re-send our credentials wherever the backend points); and it cannot be
+told to try only once, which `single_attempt` exporters (the endpoint test) need. The
+session does both by raising after it recorded the outcome — an error the exporter does not
+retry. The official exporters' own log lines (one WARNING or ERROR per failed export or retry)
+are demoted to DEBUG: failures are logged once per state change (`export_stats`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import requests
@@ -37,9 +47,11 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.telemetry.export_outcome import (
     ExportOutcome,
+    demote_to_debug,
+    endpoint_address,
+    outcome_from_exception,
     outcome_from_grpc,
-    outcome_from_http,
-    redact,
+    outcome_from_response,
 )
 from gateway.telemetry.export_settings import ExporterSettings
 from gateway.telemetry.metric_export import temporality_preference
@@ -48,32 +60,55 @@ from gateway.telemetry.otlp_json import OTLPJsonMetricExporter, OTLPJsonSpanExpo
 __all__ = ["build_metric_exporter", "build_span_exporter"]
 
 
-class _RecordingSession(requests.Session):
-    """Keeps what the backend answered to the last request made on this thread."""
+# The official exporters' loggers (their HTTP client logs through the exporter's logger).
+_SDK_EXPORT_LOGGERS: Final[tuple[str, ...]] = (
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+)
+for _name in _SDK_EXPORT_LOGGERS:
+    demote_to_debug(_name)
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+# gRPC exporters built with `single_attempt`: no failure code is retryable.
+_NOTHING_RETRYABLE: Final[frozenset[grpc.StatusCode]] = frozenset({grpc.StatusCode.OK})
+
+
+class _Stop(Exception):
+    """Raised by `_RecordingSession` to end an export now: the outcome is already recorded.
+
+    Not a `requests` connection error, so the official exporter neither retries nor counts it
+    a success."""
+
+
+class _RecordingSession(requests.Session):
+    """Keeps the outcome of the last request made on this thread (see the module docstring)."""
+
+    def __init__(self, secrets: tuple[str, ...], *, single_attempt: bool = False) -> None:
         super().__init__()
         self._secrets = secrets
+        self._single_attempt = single_attempt
+        self._attempted = False
         self._last = threading.local()
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if self._single_attempt and self._attempted:
+            raise _Stop("only one attempt")  # the first attempt's outcome stands
+        self._attempted = True
+        kwargs["allow_redirects"] = False
+        address = endpoint_address(url.decode() if isinstance(url, bytes) else url)
         try:
             response = super().request(method, url, *args, **kwargs)
-        except requests.Timeout as e:
-            self._last.outcome = _failure("timeout", str(e), self._secrets)
-            raise
-        except requests.ConnectionError as e:
-            self._last.outcome = _failure("connection_refused", str(e), self._secrets)
-            raise
         except Exception as e:
-            self._last.outcome = _failure("unknown", f"{type(e).__name__}: {e}", self._secrets)
+            self._last.outcome = outcome_from_exception(e, address=address, secrets=self._secrets)
             raise
-        self._last.outcome = outcome_from_http(
-            response.status_code,
-            response.content,
-            content_type=response.headers.get("content-type", ""),
-            secrets=self._secrets,
-        )
+        outcome = outcome_from_response(response, secrets=self._secrets)
+        self._last.outcome = outcome
+        if not outcome.success and (outcome.reason == "http_3xx" or self._single_attempt):
+            raise _Stop(outcome.reason)
         return response
 
     def take(self) -> ExportOutcome | None:
@@ -82,28 +117,19 @@ class _RecordingSession(requests.Session):
         return outcome
 
 
-def _failure(reason: str, message: str, secrets: tuple[str, ...]) -> ExportOutcome:
-    # Redacted before ExportOutcome caps it, so no half-secret survives the cut.
-    return ExportOutcome(success=False, reason=reason, message=redact(message, secrets))
-
-
 class _StatusRecorder(grpc.UnaryUnaryClientInterceptor):
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, secrets: tuple[str, ...], address: str) -> None:
         self._secrets = secrets
+        self._address = address
         self._last = threading.local()
 
     def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         call = continuation(client_call_details, request)
-        code = call.code()
-        details = call.details() or ""
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            self._last.outcome = _failure("timeout", details, self._secrets)
-        elif code is grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
-            self._last.outcome = _failure("connection_refused", details, self._secrets)
-        else:
-            self._last.outcome = outcome_from_grpc(code, details, secrets=self._secrets)
+        self._last.outcome = outcome_from_grpc(
+            call.code(), call.details() or "", address=self._address, secrets=self._secrets
+        )
         return call
 
     def take(self) -> ExportOutcome | None:
@@ -156,7 +182,13 @@ _RecordedHttpMetricExporter = _recorded_http(HttpMetricExporter)
 
 
 def _build(
-    settings: ExporterSettings, grpc_cls: type, json_cls: type, http_cls: type, **extra: Any
+    settings: ExporterSettings,
+    grpc_cls: type,
+    json_cls: type,
+    http_cls: type,
+    *,
+    single_attempt: bool,
+    **extra: Any,
 ) -> Any:
     headers = settings.header_dict
     secrets = tuple(v for v in headers.values() if v)
@@ -169,24 +201,40 @@ def _build(
     }
     if settings.protocol == "grpc":
         compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
-        return grpc_cls(recorder=_StatusRecorder(secrets), compression=compression, **common)
+        if single_attempt:
+            common["retryable_error_codes"] = _NOTHING_RETRYABLE
+        recorder = _StatusRecorder(secrets, endpoint_address(settings.endpoint))
+        return grpc_cls(recorder=recorder, compression=compression, **common)
     if settings.encoding == "json":
-        return json_cls(compression=settings.compression, **common)
+        attempts = 1 if single_attempt else None
+        return json_cls(compression=settings.compression, max_attempts=attempts, **common)
     compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
-    return http_cls(session=_RecordingSession(secrets), compression=compression, **common)
+    session = _RecordingSession(secrets, single_attempt=single_attempt)
+    return http_cls(session=session, compression=compression, **common)
 
 
-def build_span_exporter(settings: ExporterSettings) -> SpanExporter:
+def build_span_exporter(
+    settings: ExporterSettings, *, single_attempt: bool = False
+) -> SpanExporter:
+    """The span exporter `settings` describe; `single_attempt`: never retry (an endpoint test)."""
     return _build(
-        settings, _RecordedGrpcSpanExporter, OTLPJsonSpanExporter, _RecordedHttpSpanExporter
+        settings,
+        _RecordedGrpcSpanExporter,
+        OTLPJsonSpanExporter,
+        _RecordedHttpSpanExporter,
+        single_attempt=single_attempt,
     )
 
 
-def build_metric_exporter(settings: ExporterSettings) -> MetricExporter:
+def build_metric_exporter(
+    settings: ExporterSettings, *, single_attempt: bool = False
+) -> MetricExporter:
+    """The metric exporter `settings` describe; `single_attempt`: never retry."""
     return _build(
         settings,
         _RecordedGrpcMetricExporter,
         OTLPJsonMetricExporter,
         _RecordedHttpMetricExporter,
+        single_attempt=single_attempt,
         preferred_temporality=temporality_preference(settings.temporality),
     )

@@ -28,15 +28,21 @@ field as its default.
 
 The exporters POST one request per `export()` call to a complete endpoint URL (nothing is
 appended to it), retry 429/502/503/504 and connection-level failures with jittered exponential
-backoff (``Retry-After`` seconds or HTTP-date take precedence) within a single time budget,
-and record what happened in `last_outcome`. They send whatever the SDK hands them, even an
-empty batch — exactly like the official exporters — so `last_outcome` always reflects a real
-round trip to the backend.
+backoff (``Retry-After`` seconds or HTTP-date take precedence) within a single time budget
+(``max_attempts=1``: never retry), and record what happened in `last_outcome`, as
+`export_outcome` translates it. Redirects are failures and never followed. They send whatever
+the SDK hands them, even an empty batch — exactly like the official exporters — so
+`last_outcome` always reflects a real round trip to the backend.
+
+They log nothing per export: failures are logged once per state change by whoever counts
+them (`export_stats`), and httpx's own INFO line for each request our client makes is demoted
+to DEBUG (other httpx clients in the process keep theirs).
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import functools
 import gzip
 import json
@@ -68,8 +74,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from gateway.telemetry.export_outcome import (
     ExportOutcome,
+    demote_to_debug,
+    endpoint_address,
     outcome_from_exception,
-    outcome_from_http,
+    outcome_from_response,
+    partial_success,
 )
 
 __all__ = [
@@ -98,6 +107,12 @@ _JITTER: Final[float] = 0.2
 # Headers the exporter owns: a user-supplied value would make the body lie about its encoding.
 _OWNED_HEADERS: Final[frozenset[str]] = frozenset({"content-type", "content-encoding"})
 _USER_AGENT: Final[str] = "aigw-otlp-json"
+
+# Set while our client sends, so httpx's per-request INFO line is demoted for our requests only.
+_OUR_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aigw_otlp_json_request", default=False
+)
+demote_to_debug("httpx", when=lambda record: _OUR_REQUEST.get())
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -230,6 +245,7 @@ class _JsonPoster:
         headers: Mapping[str, str],
         timeout: float,
         compression: Compression,
+        max_attempts: int | None = None,
     ) -> None:
         url = httpx.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
@@ -238,9 +254,13 @@ class _JsonPoster:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if compression not in ("none", "gzip"):
             raise ValueError(f"compression must be 'none' or 'gzip', got {compression!r}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        self._max_attempts = max_attempts
         self._signal = signal
         self._url = url
         self._safe_endpoint = _safe_endpoint(url)
+        self._address = endpoint_address(str(url))
         self._timeout = float(timeout)
         self._compression: Compression = compression
         sent = {k: v for k, v in headers.items() if k.lower() not in _OWNED_HEADERS}
@@ -287,42 +307,44 @@ class _JsonPoster:
                 break
             except httpx.TimeoutException as exc:
                 # The attempt was given the whole remaining budget, so it is now spent.
-                outcome = outcome_from_exception(exc, secrets=self._secrets)
+                outcome = self._failure(exc)
                 break
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                # Refused, reset, or dropped without a response: the spec says retry.
-                outcome = outcome_from_exception(exc, secrets=self._secrets)
+                # Refused, reset, or dropped without a response: the spec says retry. A TLS
+                # failure will not heal by itself within the budget.
+                outcome = self._failure(exc)
+                if outcome.reason == "tls":
+                    break
             except httpx.HTTPError as exc:
-                outcome = outcome_from_exception(exc, secrets=self._secrets)
+                outcome = self._failure(exc)
                 break
             else:
-                outcome = outcome_from_http(
-                    response.status_code,
-                    response.content,
-                    content_type=response.headers.get("content-type", ""),
-                    secrets=self._secrets,
-                )
+                outcome = outcome_from_response(response, secrets=self._secrets)
                 if outcome.success:
                     return self._success(response)
                 if response.status_code not in _RETRYABLE_STATUSES:
                     break
                 retry_after = _retry_after_seconds(response)
+            if self._max_attempts is not None and attempt + 1 >= self._max_attempts:
+                break
             delay = _backoff(attempt) if retry_after is None else retry_after
             if delay >= deadline - time.monotonic():
                 break  # waiting would outlive the budget; report the failure we have
             if self._shutdown.wait(delay):
                 break
             attempt += 1
-        _logger.warning(
-            "OTLP/JSON %s export to %s failed after %d attempt(s): reason=%s status=%s %s",
+        _logger.debug(
+            "OTLP/JSON %s export to %s failed after %d attempt(s): %s: %s",
             self._signal,
             self._safe_endpoint,
             attempt + 1,
             outcome.reason,
-            outcome.http_status or "-",
             outcome.message,
         )
         return outcome
+
+    def _failure(self, exc: BaseException) -> ExportOutcome:
+        return outcome_from_exception(exc, address=self._address, secrets=self._secrets)
 
     def _attempt(self, body: bytes, timeout: float) -> httpx.Response:
         with self._lock:
@@ -333,9 +355,13 @@ class _JsonPoster:
             # One timeout value for connect, write, read and pool wait: each phase may use
             # what is left of the budget. (httpx has no total-request deadline; a server that
             # trickles bytes could stretch an attempt, which OTLP backends do not do.)
-            return self._client.post(
-                self._url, content=body, headers=self._headers, timeout=timeout
-            )
+            token = _OUR_REQUEST.set(True)
+            try:
+                return self._client.post(
+                    self._url, content=body, headers=self._headers, timeout=timeout
+                )
+            finally:
+                _OUR_REQUEST.reset(token)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -366,10 +392,7 @@ class _JsonPoster:
         text = partial.get("errorMessage", "")
         if not rejected and not text:
             return plain
-        message = f"partial success: {rejected} rejected" + (f": {text}" if text else "")
-        return outcome_from_http(
-            response.status_code, message, content_type="text/plain", secrets=self._secrets
-        )
+        return partial_success(response.status_code, rejected, str(text), secrets=self._secrets)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -388,7 +411,8 @@ def _budget_from_millis(timeout_millis: float | None) -> float | None:
 class OTLPJsonSpanExporter(SpanExporter):
     """Exports spans as OTLP/JSON over HTTP to `endpoint` (the full URL, e.g. …/v1/traces).
 
-    `timeout` is the whole budget of one `export()`, retries and backoff included.
+    `timeout` is the whole budget of one `export()`, retries and backoff included;
+    `max_attempts` caps the attempts within it (None: as many as the budget allows).
     """
 
     def __init__(
@@ -398,6 +422,7 @@ class OTLPJsonSpanExporter(SpanExporter):
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         compression: Compression = "none",
+        max_attempts: int | None = None,
     ) -> None:
         self._poster = _JsonPoster(
             signal="traces",
@@ -405,6 +430,7 @@ class OTLPJsonSpanExporter(SpanExporter):
             headers=headers or {},
             timeout=timeout,
             compression=compression,
+            max_attempts=max_attempts,
         )
         self.last_outcome: ExportOutcome | None = None
 
@@ -436,6 +462,7 @@ class OTLPJsonMetricExporter(MetricExporter):
         compression: Compression = "none",
         preferred_temporality: dict[type, AggregationTemporality] | None = None,
         preferred_aggregation: dict[type, Aggregation] | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         super().__init__(
             preferred_temporality=preferred_temporality,
@@ -447,6 +474,7 @@ class OTLPJsonMetricExporter(MetricExporter):
             headers=headers or {},
             timeout=timeout,
             compression=compression,
+            max_attempts=max_attempts,
         )
         self.last_outcome: ExportOutcome | None = None
 

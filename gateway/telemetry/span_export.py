@@ -6,7 +6,10 @@ whole processors loses spans handed to one that is shutting down, and the SDK's 
 counts its drops nor honours a flush timeout. This processor:
 
 - never blocks or throws in `on_end` (the request path): a full queue drops the span and counts
-  it (`aigw.telemetry.spans.dropped{reason="queue_full"}`), export off counts `export_disabled`;
+  it (`aigw.telemetry.spans.dropped{reason="queue_full"}`). Drops count losses only: a span that
+  ends while export is off was never going to be exported and is not counted (a gateway that
+  never enabled export shows 0 dropped); a span queued for export that is then left with no
+  exporter to take it counts `export_disabled`;
 - exports batches from one worker thread; `swap()` replaces the exporter at once (a reference
   assignment) and the worker shuts the old one down only after its in-flight batch is done, so a
   batch is never cut off mid-request and sent again;
@@ -46,6 +49,8 @@ class SpanExportProcessor(SpanProcessor):
         schedule_delay: float = 1.0,
     ) -> None:
         self._stats = stats
+        if not stats.signal:
+            stats.signal = "traces"
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
         self._delay = schedule_delay
@@ -86,12 +91,13 @@ class SpanExportProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._exporter is None:
-            self._stats.drop("export_disabled")
-            return
+            return  # export is off: not a loss (checked again below, under the lock)
         if self._shutdown:
             self._stats.drop("shutdown")
             return
         with self._cond:
+            if self._exporter is None:
+                return
             if len(self._queue) >= self._max_queue:
                 full = True
             else:
@@ -178,6 +184,7 @@ class SpanExportProcessor(SpanProcessor):
 
     def _export(self, batch: Sequence[ReadableSpan], exporter: SpanExporter | None) -> None:
         if exporter is None:
+            # Queued for export, and no exporter (nor a draining one) is left to take it.
             self._stats.drop("export_disabled", len(batch))
             return
         outcome = self._send(exporter, batch)
