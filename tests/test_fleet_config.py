@@ -55,7 +55,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 def traces_section(endpoint: str, **kw: object) -> otel_config_pb2.OtelConfig:
     return otel_config_pb2.OtelConfig(
-        traces=otel_config_pb2.ExporterConfig(enabled=True, endpoint=endpoint, **kw)
+        traces=otel_config_pb2.ExporterConfig(endpoint=endpoint, **{"enabled": True, **kw})
     )
 
 
