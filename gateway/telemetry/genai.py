@@ -15,8 +15,10 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
@@ -140,6 +142,19 @@ def _messages_json(messages: tuple[ChatMessage, ...]) -> str:
     )
 
 
+# Set beside every attach: resetting it succeeds only in the Context it was set in, which is how
+# `UpstreamCall.active` tells "closed where it was opened" from "closed by another task".
+_ATTACHED_HERE: ContextVar[bool] = ContextVar("aigw_genai_attached_here", default=False)
+
+
+def _reset_if_here(token: Token[bool]) -> bool:
+    try:
+        _ATTACHED_HERE.reset(token)
+    except ValueError:  # created in a different Context
+        return False
+    return True
+
+
 class UpstreamCall:
     """One provider call: `with call.active():` around it, then exactly one of the endings."""
 
@@ -176,8 +191,21 @@ class UpstreamCall:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        with trace.use_span(self.span, end_on_exit=False, record_exception=False):
+        """The span is current inside (providers' requests carry its `traceparent`).
+
+        Safe to hold across an async generator's `yield`: when a client's cancel leaves the
+        generator parked there, the loop's finalizer closes it from another task, whose
+        `contextvars.Context` is not the one the span was attached in. There `detach` would
+        fail (OpenTelemetry logs an ERROR each time), and there is nothing of ours to undo: the
+        context is restored only in the Context it was attached in.
+        """
+        token = otel_context.attach(trace.set_span_in_context(self.span))
+        here = _ATTACHED_HERE.set(True)
+        try:
             yield
+        finally:
+            if _reset_if_here(here):
+                otel_context.detach(token)
 
     def first_chunk(self, response_model: str) -> None:
         """Call on the first content chunk of a stream."""

@@ -11,14 +11,23 @@ not the server's failure.
 
 A W3C `traceparent`/`baggage` in the request metadata makes the span a child of the caller's.
 Health checks and reflection are not traced: a probe every few seconds would bury real traffic.
+
+A server-streaming handler is an async generator, and a client's cancel can leave it parked at a
+`yield`; the event loop's async-generator finalizer then closes it from another task, in another
+`contextvars.Context`. A span attached with `context.attach` across that `yield` cannot be
+detached there (OpenTelemetry logs an ERROR per attempt: any client could fill the log). So a
+stream's span is never attached to the caller's context: the handler's generator runs, step by
+step, in a Context of its own where the span is current (`_RunIn`), the way a task runs its
+coroutine, and its closing runs there too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from typing import Any, Generic, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -115,7 +124,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     def _start(
         self, method: _Method, context: grpc.aio.ServicerContext
-    ) -> tuple[trace.Span, object, float]:
+    ) -> tuple[trace.Span, otel_context.Context, float]:
+        """The server span, and the OpenTelemetry context with it current (not attached)."""
         metadata = context.invocation_metadata() or ()
         parent = None
         # Most calls carry no trace context: build the carrier only for those that do.
@@ -128,20 +138,17 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         span.set_attribute(Attr.PEER_ADDRESS, address)
         if port is not None:
             span.set_attribute(Attr.PEER_PORT, port)
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
         self._metrics.rpc_started(method.name)
-        return span, token, time.perf_counter()
+        return span, trace.set_span_in_context(span, parent), time.perf_counter()
 
     def _finish(
         self,
         method: _Method,
         span: trace.Span,
-        token: object,
         started: float,
         code: grpc.StatusCode,
         message: str,
     ) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
         span.set_attribute(Attr.RPC_STATUS, code.name)
         if code is not grpc.StatusCode.OK:
             span.set_attribute(Attr.ERROR_TYPE, code.name)
@@ -154,7 +161,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: _Method
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            span, token, started = self._start(method, context)
+            span, span_context, started = self._start(method, context)
+            # A coroutine runs in one task from start to end, cancelled or not: attach and
+            # detach happen in the same Context.
+            token = otel_context.attach(span_context)
             code, message = grpc.StatusCode.OK, ""
             try:
                 response = await behavior(request, context)
@@ -167,7 +177,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 code, message = _status_of(context, e)
                 raise
             finally:
-                self._finish(method, span, token, started, code, message)
+                otel_context.detach(token)
+                self._finish(method, span, started, code, message)
 
         return unary
 
@@ -177,10 +188,19 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         method: _Method,
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            span, token, started = self._start(method, context)
+            span, span_context, started = self._start(method, context)
+            # The handler's own Context: a copy of the caller's with the span current. Nothing
+            # is attached to the caller's, so nothing is held across this generator's yields.
+            handler_context = contextvars.copy_context()
+            handler_context.run(otel_context.attach, span_context)
+            responses = behavior(request, context)
             code, message = grpc.StatusCode.OK, ""
             try:
-                async for item in behavior(request, context):
+                while True:
+                    try:
+                        item = await _RunIn(handler_context, responses.__anext__())
+                    except StopAsyncIteration:
+                        break
                     yield item
                 code, message = _status_of(context)
             except (asyncio.CancelledError, GeneratorExit):
@@ -190,9 +210,55 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 code, message = _status_of(context, e)
                 raise
             finally:
-                self._finish(method, span, token, started, code, message)
+                try:
+                    # Closed early (a cancel, from whichever task): the handler's cleanup, its
+                    # GenAI span's end included, runs in its own Context, before ours ends.
+                    await _RunIn(handler_context, responses.aclose())  # type: ignore[attr-defined]
+                finally:
+                    self._finish(method, span, started, code, message)
 
         return stream
+
+
+_T = TypeVar("_T")
+
+
+class _RunIn(Generic[_T]):
+    """Await `awaitable` with every step of it run inside `context` (a `contextvars.Context`).
+
+    What an asyncio Task does for its coroutine, without a task: each `send`/`throw` into the
+    awaitable runs in `context`, so context variables it sets stay set for its next step and
+    are reset in the Context they were set in, whichever task resumes or closes it.
+    Cancellation is passed through. `context` must not be entered elsewhere meanwhile (one
+    handler, one step at a time).
+    """
+
+    __slots__ = ("_awaitable", "_context")
+
+    def __init__(self, context: contextvars.Context, awaitable: Awaitable[_T]) -> None:
+        self._context = context
+        self._awaitable = awaitable
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        steps = self._awaitable.__await__()
+        run = self._context.run
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                if error is None:
+                    signal = run(steps.send, value)
+                else:
+                    signal, error = run(steps.throw, error), None
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                value = yield signal
+            except GeneratorExit:
+                run(steps.close)  # type: ignore[attr-defined]
+                raise
+            except BaseException as e:  # cancellation, thrown in by the task
+                value, error = None, e
 
 
 def _status_of(
