@@ -1,4 +1,5 @@
-"""AdminService ListTraces / GetTrace over real gRPC, on traces the gateway itself recorded."""
+"""AdminService ListTraces / GetTrace over real gRPC, on traces the gateway itself recorded
+(embedded SQLite, and a fleet of two replicas sharing a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, traces_pb2
 from google.protobuf import duration_pb2
 
-from gateway.config import RouteConfig
+from admin.secret_box import new_key
+from gateway.config import RouteConfig, StoreConfig
 from gateway.server import Gateway
 from tests.conftest import GatewayFactory, chat
+from tests.postgres import PostgresCluster
 
 
 @pytest.fixture
@@ -44,6 +47,10 @@ async def test_filters_by_model_status_and_duration(gw: Gateway) -> None:
     everything = await _list(gw, page_size=100)
     completes = [t for t in everything.traces if t.root_span_name == "aigw.v1.Completion/Complete"]
     assert len(completes) == 8
+    assert gw.telemetry is not None
+    assert {t.replica for t in completes} == {
+        gw.telemetry.resource.attributes["service.instance.id"]
+    }
     starts = [t.start_time.ToNanoseconds() for t in everything.traces]
     assert starts == sorted(starts, reverse=True)
 
@@ -110,3 +117,39 @@ async def test_get_trace_and_its_errors(gw: Gateway) -> None:
                 await admin.ListTraces(request, timeout=5)
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert info.value.details().startswith(field), info.value.details()
+
+
+async def test_fleet_replicas_list_each_others_traces_and_say_unavailable(
+    gateway_factory: GatewayFactory, database_url: str, pg_cluster: PostgresCluster
+) -> None:
+    env = {"AIGW_DATABASE_URL": database_url, "AIGW_CONFIG_KEY": new_key()}
+    store = StoreConfig(database_url_env="AIGW_DATABASE_URL", heartbeat_seconds=0.2)
+    a = await gateway_factory(env=env, store=store)
+    b = await gateway_factory(env=env, store=store)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+        await completion_pb2_grpc.CompletionStub(ch).Complete(chat(), timeout=5)
+    assert a.telemetry is not None
+    assert await asyncio.to_thread(a.telemetry.store_processor.force_flush, 5000)
+    replica_a = a.telemetry.resource.attributes["service.instance.id"]
+
+    listed = await _list(b, page_size=100)
+    [served] = [t for t in listed.traces if t.root_span_name == "aigw.v1.Completion/Complete"]
+    assert served.replica == replica_a
+
+    pg_cluster.stop()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as ch:
+            admin = admin_pb2_grpc.AdminServiceStub(ch)
+            for call in (
+                admin.ListTraces(admin_pb2.ListTracesRequest(), timeout=20),
+                admin.GetTrace(admin_pb2.GetTraceRequest(trace_id=served.trace_id), timeout=20),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call
+                assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert f"127.0.0.1:{pg_cluster.port}" in info.value.details()
+                assert pg_cluster.password not in info.value.details()
+    finally:
+        pg_cluster.start()
+    again = await _list(b, page_size=100)
+    assert served.trace_id in {t.trace_id for t in again.traces}

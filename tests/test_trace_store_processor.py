@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
-from gateway.telemetry.trace_store import TraceStoreError
+from gateway.telemetry import trace_store_processor
+from gateway.telemetry.trace_store import TraceStoreError, TraceStoreUnavailable
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
 from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 from tests.test_trace_store_support import DAY, all_traces
@@ -50,6 +51,19 @@ class FailingStore:
 
     def write(self, spans: Sequence[ReadableSpan]) -> int:
         raise TraceStoreError(f"trace store /x/traces.db: write failed: {self.message}")
+
+
+class UnreachableStore(SqliteTraceStore):
+    """A store whose database is away while `down` is set (as PostgresTraceStore reports it)."""
+
+    down: threading.Event
+    attempts: int
+
+    def write(self, spans: Sequence[ReadableSpan]) -> int:
+        self.attempts += 1
+        if self.down.is_set():
+            raise TraceStoreUnavailable("trace store db:5432: connect failed: connection refused")
+        return super().write(spans)
 
 
 class RecordingStore(SqliteTraceStore):
@@ -239,3 +253,83 @@ def test_many_threads_each_span_written_exactly_once(store):
     listed = all_traces(store, page_size=500)
     assert sorted(t.root_span_name for t in listed) == sorted(names)
     processor.shutdown()
+
+
+# ---------------------------------------------------------------------------- unavailable store
+
+
+@pytest.fixture
+def unreachable(db_path) -> Iterator[UnreachableStore]:
+    s = UnreachableStore.open(db_path, max_spans=100_000, max_age_seconds=DAY)
+    s.down = threading.Event()
+    s.down.set()
+    s.attempts = 0
+    yield s
+    s.close()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_unavailable_store_keeps_the_batch_and_logs_once(unreachable, caplog, monkeypatch):
+    monkeypatch.setattr(trace_store_processor, "_RETRY_FIRST_SECONDS", 0.001)
+    monkeypatch.setattr(trace_store_processor, "_RETRY_MAX_SECONDS", 0.01)
+    processor, provider = pipeline(unreachable, capacity=20, max_batch=4, flush_interval=0.01)
+    with caplog.at_level(logging.INFO, logger="gateway.telemetry.trace_store_processor"):
+        emit(provider, 3)
+        wait_until(lambda: unreachable.attempts >= 5)  # retried, the same batch each time
+        emit(provider, 30)
+        assert (processor.pending, processor.dropped, processor.failed) == (20, 10, 0)
+        assert processor.force_flush(50) is False
+        unreachable.down.clear()
+        assert processor.force_flush(10_000)
+    assert (processor.written, processor.failed, processor.write_errors) == (23, 0, 0)
+    assert unreachable.span_count == 23
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert "connection refused" in caplog.records[0].getMessage()
+    processor.shutdown()
+
+
+def test_a_second_outage_is_logged_again(unreachable, caplog, monkeypatch):
+    monkeypatch.setattr(trace_store_processor, "_RETRY_FIRST_SECONDS", 0.001)
+    processor, provider = pipeline(unreachable, flush_interval=0.01)
+    with caplog.at_level(logging.INFO, logger="gateway.telemetry.trace_store_processor"):
+        for _ in range(2):
+            unreachable.down.set()
+            before = unreachable.attempts
+            emit(provider, 1)
+            wait_until(lambda b=before: unreachable.attempts >= b + 2)
+            unreachable.down.clear()
+            assert processor.force_flush(10_000)
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING", "INFO"]
+    assert processor.written == 2
+    processor.shutdown()
+
+
+def test_shutdown_cuts_the_retry_pause_short(unreachable, monkeypatch):
+    # A pause far longer than the drain deadline: only shutdown's wake-up gets the retry in.
+    monkeypatch.setattr(trace_store_processor, "_RETRY_FIRST_SECONDS", 600.0)
+    processor, provider = pipeline(unreachable, flush_interval=0.01, shutdown_timeout=5.0)
+    emit(provider, 4)
+    wait_until(lambda: unreachable.attempts == 1)
+    unreachable.down.clear()
+    processor.shutdown()
+    assert not processor._thread.is_alive()
+    assert (processor.written, processor.dropped, processor.failed) == (4, 0, 0)
+
+
+def test_shutdown_drops_what_the_unavailable_store_never_took(unreachable, monkeypatch):
+    monkeypatch.setattr(trace_store_processor, "_RETRY_FIRST_SECONDS", 0.01)
+    processor, provider = pipeline(
+        unreachable, max_batch=5, flush_interval=0.01, shutdown_timeout=0.2
+    )
+    emit(provider, 12)
+    wait_until(lambda: unreachable.attempts >= 1)
+    processor.shutdown()
+    assert not processor._thread.is_alive()
+    assert (processor.written, processor.dropped, processor.failed) == (0, 12, 0)
+    assert processor.force_flush(10)  # nothing left pending
