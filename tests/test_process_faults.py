@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
 
-from admin.config_store import FileConfigStore
+from admin.config_store_file import FileConfigStore
 from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 from tests.conftest import chat
 from tests.otlp_receivers import HttpOtlpReceiver
