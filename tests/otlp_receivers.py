@@ -79,6 +79,7 @@ __all__ = [
     "flatten_spans",
     "otlp_json_to_proto",
     "refusing_endpoint",
+    "untrusted_tls_endpoint",
 ]
 
 Signal = Literal["traces", "metrics"]
@@ -919,3 +920,95 @@ class GrpcOtlpReceiver:
             self._records.add(GrpcRequestRecord(signal, copy, metadata, mode.code))
             context.abort(mode.code, mode.details)
         self._records.add(GrpcRequestRecord(signal, copy, metadata, grpc.StatusCode.OK))
+
+
+# --- TLS with a certificate nobody trusts ----------------------------------------------------
+
+
+def _self_signed_pem(directory: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1/localhost signed by itself, and its key, as PEM files."""
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aigw-test-untrusted")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def untrusted_tls_endpoint(path: str = "/v1/traces") -> Iterator[str]:
+    """An ``https://127.0.0.1:PORT{path}`` URL whose server offers a self-signed certificate.
+
+    Every client that verifies certificates (all our exporters do) fails the handshake; the
+    server only handshakes, so nothing is ever exported there.
+    """
+    import ssl
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*_self_signed_pem(directory))
+    stop = threading.Event()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.05)
+
+        def handshake(conn: socket.socket) -> None:
+            with conn:
+                conn.settimeout(5)
+                # The client rejects our certificate: the handshake fails, as intended.
+                with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                    pass
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                threading.Thread(target=handshake, args=(conn,), daemon=True).start()
+
+        thread = threading.Thread(target=serve, name="untrusted-tls", daemon=True)
+        thread.start()
+        try:
+            yield f"https://127.0.0.1:{listener.getsockname()[1]}{path}"
+        finally:
+            stop.set()
+            thread.join(_STOP_JOIN_S)
