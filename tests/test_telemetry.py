@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import urllib.request
@@ -166,16 +167,22 @@ async def test_a_cancelled_stream_ends_both_spans_as_cancelled(
 async def test_content_is_recorded_only_when_opted_in_and_capped(
     gateway_factory: GatewayFactory,
 ) -> None:
-    gw = await gateway_factory(telemetry=TelemetryConfig(record_content=True, content_max_chars=40))
+    gw = await gateway_factory(
+        telemetry=TelemetryConfig(record_content=True, content_max_chars=100)
+    )
     spans = capture(gw)
     ch, stub = await stub_for(gw)
     async with ch:
         await stub.Complete(chat("word " * 50), timeout=5)
     [client] = by_kind(spans.get_finished_spans(), SpanKind.CLIENT)
     recorded = client.attributes["gen_ai.input.messages"]
+    # Capped, the value stays JSON of the conventions' shape: the text is cut and marked.
     assert recorded.startswith('[{"role": "user"')
-    assert recorded.endswith("…[truncated]")
-    assert len(recorded) == 40 + len("…[truncated]")
+    assert len(recorded) <= 100
+    [message] = json.loads(recorded)
+    text = message["parts"][0]["content"]
+    assert text.endswith("…[truncated]")
+    assert ("word " * 50).startswith(text.removesuffix("…[truncated]"))
     assert "gen_ai.output.messages" in client.attributes
 
 

@@ -5,15 +5,29 @@ The servicer opens an `UpstreamCall` per provider call; it owns the CLIENT span
 time to first token, time per output token and cost when the call ends. Providers never touch
 telemetry, and the span is current while they run so their HTTP requests carry `traceparent`.
 
-Prompt and completion text go on the span only when the operator opts in
-(`telemetry.record_content`), as `gen_ai.input.messages` / `gen_ai.output.messages`, capped.
+Prompt and completion text go on spans only when the operator opts in
+(`telemetry.record_content`), each attribute capped at `content_max_chars`:
+
+- on the `chat` span, `gen_ai.input.messages` / `gen_ai.output.messages` as JSON strings that
+  follow the GenAI conventions' JSON schemas: `[{"role", "parts": [{"type": "text",
+  "content"}]}]`, each output message with its `finish_reason` (required by the schema, and
+  without it LLM-observability tools drop the whole value). System messages are part of our
+  chat history, so they stay in `gen_ai.input.messages` with role "system", as the
+  conventions say for such APIs; `gen_ai.system_instructions` is for APIs that take them apart.
+- on the RPC's SERVER span (the trace's root for most callers), what tools read for the trace's
+  request/response preview: OpenInference's `openinference.span.kind` ("CHAIN": a step that
+  wraps the LLM call), `input.value` (the request: route name and messages) and `output.value`
+  (the answer as `Complete` returns it), both `application/json`. See docs/decisions.md.
+
+A capped value stays valid JSON: texts are cut in order where the budget runs out, the cut one
+ending with "…[truncated]", and the messages after it are left out.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -121,25 +135,135 @@ class GenAITelemetry:
             attributes[Attr.SERVER_ADDRESS] = server_address
         if server_port:
             attributes[Attr.SERVER_PORT] = server_port
+        # The RPC's server span, current while the servicer starts the call.
+        rpc_span = trace.get_current_span()
         if self._record_content:
-            attributes["gen_ai.input.messages"] = self._cap(_messages_json(request.messages))
+            attributes["gen_ai.input.messages"] = self.input_messages(request.messages)
+            if rpc_span.is_recording():
+                rpc_span.set_attributes(
+                    {
+                        "openinference.span.kind": "CHAIN",
+                        "input.value": self.request_value(route.name, request.messages),
+                        "input.mime_type": "application/json",
+                    }
+                )
         span = self._tracer.start_span(
             f"chat {request.model}", kind=SpanKind.CLIENT, attributes=attributes
         )
         labels = self._labels.labels(metadata) if self._labels.enabled else ()
-        return UpstreamCall(self, span, route, provider, labels, stream)
+        return UpstreamCall(self, span, rpc_span, route, provider, labels, stream)
 
-    def _cap(self, text: str) -> str:
-        if len(text) <= self._content_cap:
-            return text
-        return text[: self._content_cap] + "…[truncated]"
+    # Content, as JSON capped at content_max_chars. Public for the tests of their shapes.
+
+    def input_messages(self, messages: Sequence[ChatMessage]) -> str:
+        """`gen_ai.input.messages`."""
+        return _fit(
+            lambda texts: [
+                {"role": m.role, "parts": [{"type": "text", "content": text}]}
+                for m, text in zip(messages, texts, strict=False)
+            ],
+            [m.content for m in messages],
+            self._content_cap,
+        )
+
+    def output_messages(self, content: str, finish_reason: str) -> str:
+        """`gen_ai.output.messages`: one choice, the assistant's."""
+        return _fit(
+            lambda texts: [
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": texts[0]}],
+                    "finish_reason": finish_reason,
+                }
+            ],
+            [content],
+            self._content_cap,
+        )
+
+    def request_value(self, route: str, messages: Sequence[ChatMessage]) -> str:
+        """OpenInference `input.value`: the request as the client sent it."""
+        return _fit(
+            lambda texts: {
+                "model": route,
+                "messages": [
+                    {"role": m.role, "content": text}
+                    for m, text in zip(messages, texts, strict=False)
+                ],
+            },
+            [m.content for m in messages],
+            self._content_cap,
+        )
+
+    def response_value(
+        self,
+        *,
+        response_id: str,
+        model: str,
+        provider: str,
+        content: str,
+        finish_reason: str,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> str:
+        """OpenInference `output.value`: the answer as `Complete` returns it (proto names)."""
+
+        def shape(texts: list[str]) -> dict[str, object]:
+            answer: dict[str, object] = {
+                "id": response_id,
+                "model": model,
+                "provider": provider,
+                "content": texts[0],
+                "finish_reason": finish_reason,
+            }
+            if input_tokens is not None and output_tokens is not None:
+                answer["usage"] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+            return answer
+
+        return _fit(shape, [content], self._content_cap)
 
 
-def _messages_json(messages: tuple[ChatMessage, ...]) -> str:
-    return json.dumps(
-        [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in messages],
-        ensure_ascii=False,
-    )
+TRUNCATED = "…[truncated]"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _keep(texts: Sequence[str], budget: int) -> list[str]:
+    """The texts, in order, within `budget` characters: the one where it runs out is cut and
+    marked, the ones after it left out."""
+    kept: list[str] = []
+    for text in texts:
+        if len(text) > budget:
+            kept.append(text[:budget] + TRUNCATED)
+            break
+        kept.append(text)
+        budget -= len(text)
+    return kept
+
+
+def _fit(shape: Callable[[list[str]], object], texts: list[str], cap: int) -> str:
+    """`shape(texts)` as JSON of at most `cap` characters, valid JSON however it is cut.
+
+    Over the cap, the most text that fits is kept (see `_keep`). When not even an empty cut
+    text fits (a cap smaller than the JSON around it), that is the answer, over the cap.
+    """
+    total = sum(map(len, texts))
+    if total <= cap or total == 0:
+        whole = _dumps(shape(texts))
+        if len(whole) <= cap or total == 0:
+            return whole
+    # Every kept character costs at least one in the JSON, so no more than `cap` are kept;
+    # below `total` the JSON grows with the budget, so the largest budget that fits is found
+    # by bisection.
+    low, high = 0, min(total - 1, cap)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(_dumps(shape(_keep(texts, middle)))) <= cap:
+            low = middle
+        else:
+            high = middle - 1
+    return _dumps(shape(_keep(texts, low)))
 
 
 # Set beside every attach: resetting it succeeds only in the Context it was set in, which is how
@@ -165,6 +289,7 @@ class UpstreamCall:
         "_owner",
         "_provider",
         "_route",
+        "_rpc_span",
         "_started",
         "_stream",
         "span",
@@ -174,6 +299,7 @@ class UpstreamCall:
         self,
         owner: GenAITelemetry,
         span: trace.Span,
+        rpc_span: trace.Span,
         route: RouteConfig,
         provider: str,
         labels: tuple[tuple[str, str], ...],
@@ -181,6 +307,7 @@ class UpstreamCall:
     ) -> None:
         self._owner = owner
         self.span = span
+        self._rpc_span = rpc_span
         self._route = route
         self._provider = provider
         self._labels = labels
@@ -256,9 +383,23 @@ class UpstreamCall:
                 metrics.time_per_output_token(sets.base, per_token)
         if content is not None and owner._record_content:
             span.set_attribute(
-                "gen_ai.output.messages",
-                owner._cap(_messages_json((ChatMessage("assistant", content),))),
+                "gen_ai.output.messages", owner.output_messages(content, finish_reason)
             )
+            if self._rpc_span.is_recording():
+                self._rpc_span.set_attributes(
+                    {
+                        "output.value": owner.response_value(
+                            response_id=response_id,
+                            model=response_model,
+                            provider=self._provider,
+                            content=content,
+                            finish_reason=finish_reason,
+                            input_tokens=input_tokens,
+                            output_tokens=output_tokens,
+                        ),
+                        "output.mime_type": "application/json",
+                    }
+                )
         span.end()
 
     def fail(self, error: GatewayError | None, *, error_type: str = "", message: str = "") -> None:
