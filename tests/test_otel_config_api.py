@@ -593,7 +593,8 @@ async def test_config_survives_a_restart_and_wins_over_the_environment(
     path = state / OTEL_CONFIG_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     doc = json.loads(path.read_text())
-    assert doc["version"] == 1
+    assert doc["format"] == 2
+    assert [v["version"] for v in doc["history"]] == [1]
     assert [p.name for p in state.iterdir() if p.name.endswith(".tmp")] == []  # no temp left
 
     http_rx.clear()
