@@ -68,6 +68,43 @@ def test_tiny_run_prints_summary_lines_and_writes_markdown(tmp_path: Path) -> No
     assert (real.read_bytes() if real.exists() else None) == real_before
 
 
+def test_tiny_fleet_run_reports_store_rows_and_convergence(tmp_path: Path) -> None:
+    """The fleet scenario (PostgreSQL, which `make test` installs) and the fleet
+    micro-benchmarks, each as small as they go: only the report's shape is checked."""
+    out = tmp_path / "BENCHMARKS.md"
+    cmd = [sys.executable, "-m", "tests.bench", "--out", str(out), "--scenarios", "fleet"]
+    cmd += ["--concurrency", "1", "--duration", "0.5", "--rate", "0", "--rounds", "1"]
+    cmd += ["--warmup", "0", "--stream-samples", "0", "--fleet-sets", "1", "--fleet-batches", "1"]
+    cmd += ["--workdir", str(tmp_path / "w")]
+
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=150, check=False)
+
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    bench = [line for line in lines if line.startswith("BENCH ")]
+    assert len(bench) == 1, lines
+    assert re.search(r"^BENCH fleet +c1=\d+/s .* store_rows_max=\d+/s dropped=\d+$", bench[0])
+    assert any(
+        re.fullmatch(r"FLEET store_write batch=512 sqlite=\d+/s postgres=\d+/s "
+                     r"postgres_async_commit=\d+/s postgres_vs_sqlite=[\d.]+x", line)
+        for line in lines
+    ), lines  # fmt: skip
+    assert any(
+        re.fullmatch(r"FLEET convergence replicas=3 sets=1 min=\d+ms median=\d+ms max=\d+ms "
+                     r"not_applied=0", line)
+        for line in lines
+    ), lines  # fmt: skip
+
+    text = out.read_text()
+    assert "## Fleet: PostgreSQL trace store and config" in text
+    assert re.search(r"^\| c1 \| [\d,]+ \| [\d,]+ \([\d,]+–[\d,]+\) \| ", text, re.M)
+    assert re.search(r"^\| PostgreSQL \| 512 \| \*\*[\d,]+\*\* \| [\d.]+ \|", text, re.M)
+    assert re.search(r"^\| \*\*every other replica has it\*\* \| \*\*[\d,]+\*\* \|", text, re.M)
+    assert re.search(r"^\| trace store in PostgreSQL keeps up .* \| fleet \|", text, re.M)
+    assert "AIGW_DATABASE_URL=postgresql://… " in text
+    assert "aigw_test:" not in text  # the cluster's URL (and password) stays out of the report
+
+
 def test_h2load_summary_is_parsed() -> None:
     stdout = """\
 finished in 3.00s, 1884.67 req/s, 337.00KB/s

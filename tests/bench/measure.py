@@ -5,6 +5,8 @@
 - `percentile`: nearest-rank percentile of a sorted sample.
 - `parse_prometheus` / `status_counts` / `export_counters`: the few `/metrics` series the
   harness checks (gRPC status of every call the load made; what the exporters did).
+- `store_counts`: the trace store's own count of spans by event (written, dropped …).
+- `tree_cpu_seconds`: CPU time of a process and its children (a PostgreSQL cluster).
 - `Scraper`: GET `/metrics` every second on its own thread, as a Prometheus server would.
 - `machine_info` / `package_versions`: the header of BENCHMARKS.md.
 """
@@ -37,6 +39,8 @@ __all__ = [
     "parse_prometheus",
     "percentile",
     "status_counts",
+    "store_counts",
+    "tree_cpu_seconds",
 ]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -48,6 +52,8 @@ PACKAGES = (
     "opentelemetry-exporter-otlp-proto-http",
     "opentelemetry-exporter-prometheus",
     "prometheus-client",
+    "psycopg",
+    "psycopg-binary",
     "aigw",
 )
 
@@ -158,6 +164,45 @@ def export_counters(text: str) -> dict[str, int]:
             tag = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if v)
             out[f"{name.removesuffix('_total')}{{{tag}}}"] = int(value)
     return out
+
+
+STORE_EVENTS = ("written", "dropped", "failed", "evicted")
+
+
+def store_counts(text: str) -> dict[str, int]:
+    """{event: spans} of `aigw_trace_store_spans_total` (cumulative), every event present."""
+    counts = dict.fromkeys(STORE_EVENTS, 0)
+    for labels, value in parse_prometheus(text).get("aigw_trace_store_spans_total", []):
+        event = labels.get("event", "?")
+        counts[event] = counts.get(event, 0) + int(value)
+    return counts
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of `pid`, its reaped children and its live children: a
+    PostgreSQL postmaster and its backends. 0.0 when the process is gone."""
+
+    def fields(stat: str) -> list[str]:
+        return stat[stat.rindex(")") + 2 :].split()
+
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            own = fields(f.read())
+    except OSError:
+        return 0.0
+    # utime stime cutime cstime (cutime/cstime: children that exited and were waited for).
+    ticks = sum(int(x) for x in own[11:15])
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or entry.name == str(pid):
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii") as f:
+                child = fields(f.read())
+        except OSError:
+            continue
+        if child[1] == str(pid):
+            ticks += int(child[11]) + int(child[12])
+    return ticks / _CLK_TCK
 
 
 class Scraper:

@@ -40,6 +40,23 @@ class Run:
     scrape_max_ms: float = 0.0
     # Share of the machine's CPU time stolen by the hypervisor during the run.
     steal: float = 0.0
+    # Fleet: the trace store's spans by event during the load (written, dropped, failed,
+    # evicted), what it still wrote after the load ended, the load's wall time (between the
+    # two reads of /metrics), and the PostgreSQL cluster's CPU seconds (load and catch-up).
+    store: dict[str, int] | None = None
+    store_backlog: int = 0
+    window_seconds: float = 0.0
+    db_cpu_seconds: float | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        """Spans the trace store wrote per second of load (one row per span): written between
+        the reads around the load, over the load's own duration (the reads also bracket the
+        load generator's start-up, when no span is made)."""
+        seconds = self.result.elapsed or self.window_seconds
+        if self.store is None or seconds <= 0:
+            return 0.0
+        return self.store["written"] / seconds
 
     @property
     def grpc_bad(self) -> int:
@@ -146,6 +163,7 @@ class BenchRun:
     started: float = 0.0
     elapsed: float = 0.0
     steal: float = 0.0  # over the measured part of the run
+    fleet: Any = None  # tests.bench.fleet.FleetExtras, when the fleet scenario ran
 
     def worst_steal(self) -> tuple[float, str]:
         """The run with the most CPU steal: (share, "scenario load round")."""

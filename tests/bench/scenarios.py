@@ -6,13 +6,18 @@
                receiver in another process + /metrics scraped every second by the harness
     refused    as full, the trace endpoint refusing connections (metrics still exported)
     blackhole  as full, the trace endpoint accepting and never answering
+    fleet      as full, trace store and OTEL config in PostgreSQL (`[store]`, fleet mode): a
+               PostgreSQL cluster started by the bench, one database; then, in the same run,
+               the store micro-benchmark and config convergence of `tests/bench/fleet.py`
 
 Every server runs at once, each in its own process on 127.0.0.1. After a warm-up, each round
 runs every load (concurrency 1, 16, 64; then 300 calls/s) against every server in turn, the
 server order rotating by one each round, so slow drift of a shared machine lands on all
 servers alike. Before each run a few Python-client calls must be gRPC OK with the expected
 answer; around each run the harness reads the server's CPU time and memory from /proc and, for
-aigw, its own count of calls by gRPC status from /metrics.
+aigw, its own count of calls by gRPC status from /metrics. For fleet, also the trace store's
+count of spans (written, dropped, failed) and the PostgreSQL cluster's CPU time; after the
+load it waits for the store's writer to catch up, and counts what it still had to write.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench import report
+from admin.secret_box import new_key
+from tests.bench import fleet, report
+from tests.bench.fleet import BenchPostgres
 from tests.bench.load import Loader
 from tests.bench.measure import (
     Scraper,
@@ -38,6 +45,7 @@ from tests.bench.measure import (
     package_versions,
     percentile,
     status_counts,
+    store_counts,
 )
 from tests.bench.payload import STREAM_ROUTE, bench_request, grpc_frame
 from tests.bench.results import BenchRun, Run, ScenarioResult, load_key
@@ -45,6 +53,7 @@ from tests.bench.servers import (
     REPO,
     ServerProcess,
     SinkProcess,
+    StoreEnv,
     configure_export,
     start_aigw,
     start_baseline,
@@ -62,6 +71,8 @@ class Scenario:
     # Where spans go: None (export off), or a key of the sink's URLs.
     traces: str | None = None
     scrape: bool = False
+    # Fleet mode: OTEL config and trace store in a PostgreSQL database of its own.
+    store: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -87,6 +98,13 @@ SCENARIOS: dict[str, Scenario] = {
             "as full, trace endpoint black-holed (accepts, never answers)",
             traces="black_hole_traces",
             scrape=True,
+        ),
+        Scenario(
+            "fleet",
+            "as full, trace store and OTEL config in PostgreSQL (fleet mode, one database)",
+            traces="live_traces",
+            scrape=True,
+            store=True,
         ),
     )
 }
@@ -117,6 +135,10 @@ class Settings:
     workdir: Path | None = None
     # Also run every aigw scenario with the gateway code of this tree, as "<name>@alt".
     alt_tree: Path | None = None
+    # With the fleet scenario: Sets timed for config convergence, and batches per store in
+    # the trace store micro-benchmark (0 skips either).
+    fleet_sets: int = 20
+    fleet_batches: int = 60
 
     def servers(self) -> list[str]:
         names = list(self.scenarios)
@@ -137,13 +159,29 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Running:
+    servers: dict[str, ServerProcess]
+    sink: SinkProcess | None
+    # Fleet-mode servers: the PostgreSQL cluster each one's database is on (one each).
+    clusters: dict[str, BenchPostgres]
+
+
+def _start_fleet_aigw(
+    name: str, workdir: Path, delay: float, tree: Path | None, clusters: dict[str, BenchPostgres]
+) -> ServerProcess:
+    cluster = BenchPostgres()
+    clusters[name] = cluster  # stopped with the others, even if the gateway fails to start
+    store = StoreEnv(cluster.create_database("bench"), new_key())
+    return start_aigw(name, workdir, delay, tree=tree, store=store)
+
+
 @contextlib.contextmanager
-def _servers(
-    settings: Settings, workdir: Path
-) -> Iterator[tuple[dict[str, ServerProcess], SinkProcess | None]]:
+def _servers(settings: Settings, workdir: Path) -> Iterator[Running]:
     names = settings.servers()
     sink: SinkProcess | None = None
     servers: dict[str, ServerProcess] = {}
+    clusters: dict[str, BenchPostgres] = {}
     try:
         with ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
             sink_future = (
@@ -158,6 +196,11 @@ def _servers(
                     futures[name] = pool.submit(start_baseline, workdir, delay)
                     continue
                 tree = settings.alt_tree if name.endswith(ALT) else None
+                if scenario_of(name).store:
+                    futures[name] = pool.submit(
+                        _start_fleet_aigw, name, workdir, delay, tree, clusters
+                    )
+                    continue
                 futures[name] = pool.submit(start_aigw, name, workdir, delay, tree=tree)
             errors: list[BaseException] = []
             for name, future in futures.items():
@@ -172,14 +215,16 @@ def _servers(
                     errors.append(e)
             if errors:
                 raise errors[0]
-        yield servers, sink
+        yield Running(servers, sink, clusters)
     finally:
         with ThreadPoolExecutor(max_workers=len(servers) + 1) as pool:
             for server in servers.values():
                 pool.submit(server.stop)
-        # The sink last: a gateway flushing spans at shutdown still finds its backend.
+        # The sink and databases last: a gateway flushing spans at shutdown still finds them.
         if sink is not None:
             sink.stop()
+        for cluster in clusters.values():
+            cluster.close()
 
 
 def _measure(
@@ -189,25 +234,38 @@ def _measure(
     settings: Settings,
     load: tuple[str, int | None, float | None],
     round_no: int,
+    cluster: BenchPostgres | None = None,
 ) -> Run:
     key, concurrency, rate = load
     server.check(calls=3)
-    statuses = status_counts(fetch_metrics(server.metrics_port)) if server.metrics_port else None
+    text = fetch_metrics(server.metrics_port) if server.metrics_port else None
+    statuses = status_counts(text) if text is not None else None
+    stored = store_counts(text) if text is not None and scenario.store else None
+    db_before = cluster.cpu_seconds() if cluster is not None else 0.0
     before = server.stats()
     steal_before = cpu_times()
     scraper = Scraper(server.metrics_port) if scenario.scrape and server.metrics_port else None
+    window_start = time.monotonic()
     with scraper.running() if scraper else contextlib.nullcontext():
         if concurrency is not None:
             result = loader.closed(server.port, concurrency, settings.duration)
         else:
             assert rate is not None
             result = loader.paced(server.port, rate, settings.rate_duration)
+    window = time.monotonic() - window_start
     after = server.stats()
     steal_after = cpu_times()
     grpc_delta = None
+    store_delta = None
+    backlog = 0
     if statuses is not None and server.metrics_port:
-        now = status_counts(fetch_metrics(server.metrics_port))
+        text = fetch_metrics(server.metrics_port)
+        now = status_counts(text)
         grpc_delta = {k: v - statuses.get(k, 0) for k, v in now.items() if v - statuses.get(k, 0)}
+        if stored is not None:
+            counts = store_counts(text)
+            store_delta = {k: v - stored.get(k, 0) for k, v in counts.items()}
+            backlog = _drain(server.metrics_port, counts["written"])
     run = Run(
         load=key,
         round=round_no,
@@ -218,8 +276,18 @@ def _measure(
         scrapes=scraper.scrapes if scraper else 0,
         scrape_max_ms=max(scraper.seconds, default=0.0) * 1000 if scraper else 0.0,
         steal=_share(steal_before, steal_after),
+        store=store_delta,
+        store_backlog=backlog,
+        window_seconds=window,
+        db_cpu_seconds=cluster.cpu_seconds() - db_before if cluster is not None else None,
     )
     extra = f" grpc={grpc_delta}" if grpc_delta is not None else ""
+    if store_delta is not None:
+        extra += (
+            f" store written={store_delta['written']} ({store_delta['written'] / window:.0f}/s)"
+            f" dropped={store_delta['dropped']} failed={store_delta['failed']}"
+            f" backlog={backlog} db_cpu={run.db_cpu_seconds:.2f}s"
+        )
     errors = f" errors={result.errors}" if result.errors else ""
     _log(
         f"round {round_no} {server.name:<9} {key:<5} {result.throughput:8.1f} req/s "
@@ -227,6 +295,19 @@ def _measure(
         f"cpu {run.cpu_seconds:5.2f} s steal {run.steal:4.0%}{errors}{extra}"
     )
     return run
+
+
+def _drain(metrics_port: int, written: int, timeout: float = 15.0) -> int:
+    """Wait until the trace store's writer has caught up (its written count stops moving for
+    0.75 s); answer how many spans it wrote after the load ended."""
+    deadline = time.monotonic() + timeout
+    last, still = written, 0
+    while time.monotonic() < deadline and still < 3:
+        time.sleep(0.25)
+        now = store_counts(fetch_metrics(metrics_port))["written"]
+        still = still + 1 if now == last else 0
+        last = now
+    return last - written
 
 
 def _share(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -258,10 +339,14 @@ def run_bench(settings: Settings) -> BenchRun:
             started=started,
         )
         _log(f"starting {', '.join(settings.servers())} (closed-loop load: {loader.tool})")
-        servers, sink = stack.enter_context(_servers(settings, workdir))
+        running = stack.enter_context(_servers(settings, workdir))
+        servers, sink = running.servers, running.sink
         for name, server in servers.items():
             scenario = scenario_of(name)
-            bench.commands[name] = " ".join(server.command).replace(str(workdir), "$WORKDIR")
+            command = " ".join(server.command).replace(str(workdir), "$WORKDIR")
+            if scenario.store:
+                command = "AIGW_DATABASE_URL=postgresql://… AIGW_CONFIG_KEY=… " + command
+            bench.commands[name] = command
             if scenario.traces is not None:
                 assert sink is not None
                 configure_export(server, sink.urls[scenario.traces], sink.urls["live_metrics"])
@@ -291,7 +376,13 @@ def run_bench(settings: Settings) -> BenchRun:
             for load in loads:
                 for name in order:
                     run = _measure(
-                        servers[name], scenario_of(name), loader, settings, load, round_no
+                        servers[name],
+                        scenario_of(name),
+                        loader,
+                        settings,
+                        load,
+                        round_no,
+                        running.clusters.get(name),
                     )
                     result = bench.results[name]
                     result.runs.append(run)
@@ -325,6 +416,23 @@ def run_bench(settings: Settings) -> BenchRun:
         stack.close()  # stop servers and sink now: the sink reports on exit
         if sink is not None:
             bench.sink = sink.stats
+        if any(scenario_of(n).store for n in servers) and (
+            settings.fleet_sets > 0 or settings.fleet_batches > 0
+        ):
+            # On a machine the scenarios' servers have left (and in a workdir of its own:
+            # closing the stack removed a temporary one).
+            with (
+                contextlib.nullcontext(str(settings.workdir / "fleet-extras"))
+                if settings.workdir is not None
+                else tempfile.TemporaryDirectory(prefix="aigw-bench-fleet-")
+            ) as fleet_dir:
+                bench.fleet = fleet.run_extras(
+                    Path(fleet_dir), sets=settings.fleet_sets, batches=settings.fleet_batches
+                )
+            bench.commands["fleet store writes, convergence"] = (
+                f"python -m tests.bench.fleet --sets {settings.fleet_sets} "
+                f"--batches {settings.fleet_batches}"
+            )
     bench.elapsed = time.time() - started
     report.write(bench, settings)
     return bench
@@ -333,7 +441,8 @@ def run_bench(settings: Settings) -> BenchRun:
 def parse_args(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="aigw benchmarks: baseline vs aigw with minimal and full telemetry.",
+        description="aigw benchmarks: baseline vs aigw with minimal and full telemetry, "
+        "and in fleet mode (PostgreSQL).",
     )
 
     def csv_ints(text: str) -> tuple[int, ...]:
@@ -362,6 +471,18 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--stream-concurrency", type=int, default=defaults.stream_concurrency)
     parser.add_argument("--load", dest="tool", choices=["auto", "h2load", "python"], default="auto")
     parser.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
+    parser.add_argument(
+        "--fleet-sets",
+        type=int,
+        default=defaults.fleet_sets,
+        help="with the fleet scenario: SetOtelConfig calls timed for convergence (0: skip)",
+    )
+    parser.add_argument(
+        "--fleet-batches",
+        type=int,
+        default=defaults.fleet_batches,
+        help="with the fleet scenario: 512-span batches per store in the write test (0: skip)",
+    )
     parser.add_argument(
         "--alt-tree",
         type=Path,

@@ -2,7 +2,8 @@
 
 - `start_baseline`: `python -m tests.bench.baseline_server` (bare grpc.aio, fixed answer).
 - `start_aigw`: `aigw serve` with its own config file and fresh state dir, ports picked by the
-  OS (read back from its start-up log line), OTEL_* variables scrubbed so export starts off.
+  OS (read back from its start-up log line), OTEL_* variables scrubbed so export starts off;
+  with `store=`, fleet mode: a `[store]` section and the database URL and key in its env.
 - `start_sink`: `python -m tests.bench.otlp_sink` (live, black-holed and refusing endpoints).
 - `configure_export`: `aigw.v1.AdminService/SetOtelConfig`, as an operator would at runtime.
 - `ServerProcess.check`: a few Complete calls with a Python gRPC client, each must be OK and
@@ -33,6 +34,7 @@ __all__ = [
     "ServerError",
     "ServerProcess",
     "SinkProcess",
+    "StoreEnv",
     "configure_export",
     "start_aigw",
     "start_baseline",
@@ -48,12 +50,12 @@ class ServerError(RuntimeError):
     """A process did not start, or answered something other than what the bench expects."""
 
 
+# Never inherited from the shell that runs the bench: each server gets what its scenario says.
+_SCRUBBED = ("AIGW_ADMIN_TOKEN", "AIGW_STATE_DIR", "AIGW_DATABASE_URL", "AIGW_CONFIG_KEY")
+
+
 def _env(tree: Path = REPO) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("OTEL_") and k not in ("AIGW_ADMIN_TOKEN", "AIGW_STATE_DIR")
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k not in _SCRUBBED}
     path = [str(tree), str(REPO), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in path if p))
     return env
@@ -179,31 +181,56 @@ token_delay_ms = 0
 """
 
 
+# Fleet mode (`store=`): the variables' names, as README "Running a fleet" has them.
+AIGW_STORE_CONFIG = """
+[store]
+database_url_env = "AIGW_DATABASE_URL"
+encryption_key_env = "AIGW_CONFIG_KEY"
+"""
+
+
+@dataclass(frozen=True)
+class StoreEnv:
+    """Where a fleet-mode gateway keeps its state: a PostgreSQL URL and a Fernet key."""
+
+    url: str
+    key: str
+
+    def env(self) -> dict[str, str]:
+        return {"AIGW_DATABASE_URL": self.url, "AIGW_CONFIG_KEY": self.key}
+
+
 def aigw_command() -> list[str]:
     script = Path(sys.executable).with_name("aigw")
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
 
 
 def start_aigw(
-    name: str, workdir: Path, stream_delay_ms: float, *, tree: Path | None = None
+    name: str,
+    workdir: Path,
+    stream_delay_ms: float,
+    *,
+    tree: Path | None = None,
+    store: StoreEnv | None = None,
 ) -> ServerProcess:
     """`aigw serve` from this checkout, or with the gateway code of another `tree` (a copy of
     the repository with a change to measure: its `gateway/` and `admin/` come first on the
-    path, the installed dependencies stay the same)."""
+    path, the installed dependencies stay the same). With `store`, in fleet mode: OTEL config
+    and trace store in that PostgreSQL database (heartbeat and the rest at their defaults)."""
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
     config = home / "aigw.toml"
-    config.write_text(
-        AIGW_CONFIG.format(unary=UNARY_ROUTE, stream=STREAM_ROUTE, delay=stream_delay_ms)
-    )
+    text = AIGW_CONFIG.format(unary=UNARY_ROUTE, stream=STREAM_ROUTE, delay=stream_delay_ms)
+    config.write_text(text + (AIGW_STORE_CONFIG if store is not None else ""))
     log = home / "aigw.log"
     cmd = [sys.executable, "-m", "gateway"] if tree is not None else aigw_command()
     cmd += ["serve", "--config", str(config)]
     cmd += ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
     cmd += ["--state-dir", str(home / "state"), "--log-level", "INFO"]
+    env = _env(tree or REPO) | (store.env() if store is not None else {})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(tree or REPO), cwd=tree or REPO
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tree or REPO
         )
 
     def ready(text: str) -> tuple[int, int] | None:
