@@ -24,6 +24,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.server import Gateway
+from gateway.telemetry.export_outcome import ExportOutcome
+from gateway.telemetry.export_stats import ExportStats
 from gateway.telemetry.otlp_json import OTLPJsonSpanExporter
 from tests.conftest import chat
 from tests.otlp_receivers import GrpcOtlpReceiver, HttpOtlpReceiver
@@ -154,3 +156,28 @@ async def test_a_gateway_that_never_enabled_export_has_dropped_nothing(
     health = (await admin.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)).health
     assert (health.traces.exported, health.traces.failed, health.traces.dropped) == (0, 0, 0)
     assert gateway.telemetry.trace_stats.dropped() == {("queue_full",): 0}
+
+
+def test_state_changes_of_export_stats(caplog: pytest.LogCaptureFixture) -> None:
+    stats = ExportStats("traces")
+    refused = ExportOutcome(
+        success=False, reason="connection_refused", message="connection refused (a:1)"
+    )
+    timeout = ExportOutcome(success=False, reason="timeout", message="timed out (a:1)")
+    ok = ExportOutcome(success=True, http_status=200)
+    with caplog.at_level(logging.DEBUG, logger=STATS_LOGGER):
+        stats.record(ok, 1)  # ok → ok: nothing
+        for _ in range(5):
+            stats.record(refused, 1)  # one line, not five
+        stats.record(timeout, 1)  # failing for another reason
+        stats.exporter_changed()  # re-pointed while failing: the new exporter's first failure
+        stats.record(timeout, 1)
+        stats.record(timeout, 1)
+        stats.record(ok, 1)
+        stats.record(ok, 1)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "OTLP traces export failing: connection_refused: connection refused (a:1)"),
+        ("WARNING", "OTLP traces export failing: timeout: timed out (a:1)"),
+        ("WARNING", "OTLP traces export failing: timeout: timed out (a:1)"),
+        ("INFO", "OTLP traces export recovered after 8 failed export(s)"),
+    ]

@@ -4,9 +4,10 @@ One instance per signal lives for the whole process, across exporter swaps, so t
 behind `aigw.telemetry.*` metrics and `GetOtelConfig` health never go backwards.
 
 It is also where export failures are logged — once per state change, not once per export: a
-WARNING when export starts failing (ok → failing, with the reason and message) or fails for a
-different reason, an INFO line when it recovers (failing → ok, with how many exports failed
-meanwhile). A dead backend with a 1 s schedule would otherwise log every second, forever.
+WARNING when export starts failing (ok → failing, with the reason and message), fails for a
+different reason, or the first time a newly configured exporter fails; an INFO line when it
+recovers (failing → ok, with how many exports failed meanwhile). A dead backend with a 1 s
+schedule would otherwise log every second, forever.
 
 Drops are losses only: a span that was never meant to be exported (export is off) is not
 counted; one that was queued for export and then could not be sent is.
@@ -49,9 +50,10 @@ class ExportStats:
         self._last_success_ns = 0
         self._last_error_ns = 0
         self._last_error = ""
-        # The reason export is failing for ("" while it works), and failures since it started.
-        self._failing = ""
+        # Failures since export last worked, and the reason last logged ("": none since then or
+        # since the exporter changed).
         self._failures_in_a_row = 0
+        self._announced = ""
 
     def record(self, outcome: ExportOutcome, items: int) -> None:
         now = time.time_ns()
@@ -59,23 +61,28 @@ class ExportStats:
         with self._lock:
             self._results[key] += items
             self._attempts[key] += 1
-            was_failing, failures = self._failing, self._failures_in_a_row
+            failures, announced = self._failures_in_a_row, self._announced
             if outcome.success:
                 self._last_success_ns = now
-                self._failing, self._failures_in_a_row = "", 0
+                self._failures_in_a_row, self._announced = 0, ""
             else:
                 self._last_error_ns = now
                 detail = outcome.message or outcome.grpc_code or str(outcome.http_status or "")
                 self._last_error = f"{outcome.reason}: {detail}" if detail else outcome.reason
-                self._failing = outcome.reason
                 self._failures_in_a_row += 1
+                self._announced = outcome.reason
             last_error = self._last_error
         what = f"OTLP {self.signal or 'telemetry'} export"
         if outcome.success:
-            if was_failing:
+            if failures:
                 _log.info("%s recovered after %d failed export(s)", what, failures)
-        elif outcome.reason != was_failing:
+        elif outcome.reason != announced:
             _log.warning("%s failing: %s", what, last_error)
+
+    def exporter_changed(self) -> None:
+        """A new exporter took over: its first failure is logged even for the same reason."""
+        with self._lock:
+            self._announced = ""
 
     def drop(self, reason: str, items: int = 1) -> None:
         with self._lock:

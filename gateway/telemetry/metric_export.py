@@ -134,6 +134,7 @@ class MetricExport:
             if exporter is None or not settings.enabled:
                 self._retire(settings.timeout)
                 return
+            self._stats.exporter_changed()
             if self._reader is not None and self._switch is not None and shape == self._shape:
                 old = self._switch.swap(exporter)
                 if old is not None:

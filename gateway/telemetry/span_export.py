@@ -69,6 +69,8 @@ class SpanExportProcessor(SpanProcessor):
 
     def swap(self, exporter: SpanExporter | None) -> None:
         """Point export at `exporter` (None: off). Instant; the old one retires in the worker."""
+        if exporter is not None:
+            self._stats.exporter_changed()
         with self._cond:
             old, self._exporter = self._exporter, exporter
             if exporter is not None and self._draining is not None:
