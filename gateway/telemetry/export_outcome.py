@@ -34,7 +34,9 @@ One message shape:
 * an answer: the backend's own words — the ``message`` of a ``google.rpc.Status`` body, a JSON
   ``message``, plain text or HTML, or gRPC details; the status line (``401 Unauthorized``) when
   the body says nothing. A *success* body is never kept: it is not an error message, and
-  echoing it would make an endpoint test a reader of whatever answers 2xx.
+  echoing it would make an endpoint test a reader of whatever answers 2xx. (The one thing read
+  from a 2xx is OTLP's own ``partialSuccess`` — the rejected count and its ``errorMessage``,
+  the fields the protocol defines for data it refused; see `partial_success`.)
 
 Every message is redacted (`gateway.redaction`, with every value we put on the wire), folded
 to one printable line, and only then capped at `MESSAGE_LIMIT` bytes of UTF-8, so no
