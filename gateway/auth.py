@@ -6,6 +6,7 @@
 - Completion: with AIGW_API_KEYS set (comma-separated), a call needs `authorization: Bearer
   <one of them>`; with none set, Completion is open (run it behind your own edge auth).
 
+The scheme is case-insensitive (RFC 7235: `bearer`, `BEARER` work too), the token is not.
 A missing or unknown token is UNAUTHENTICATED; a valid client key on AdminService is
 PERMISSION_DENIED — the caller is known, just not an admin. Tokens are compared in constant
 time, against every candidate, so timing reveals neither a token nor which list it is in.
@@ -64,6 +65,15 @@ def parse_api_keys(text: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
+def _bearer_token(value: str | bytes) -> bytes:
+    """The token of `Bearer <token>`, any case of the scheme; b"" when it is not one."""
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    scheme, sep, token = raw.partition(b" ")
+    if not sep or scheme.lower() != b"bearer":
+        return b""  # matches no candidate: none is empty
+    return token.lstrip(b" ")
+
+
 def _matches(given: bytes, candidates: Iterable[bytes]) -> bool:
     found = False
     for candidate in candidates:
@@ -97,8 +107,9 @@ def _deny(
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, admin_token: str, api_keys: tuple[str, ...] = ()) -> None:
-        self._admin = (f"Bearer {admin_token}".encode(),) if admin_token else ()
-        self._clients = tuple(f"Bearer {k}".encode() for k in api_keys)
+        # The tokens alone: the scheme is checked apart, case-insensitively.
+        self._admin = (admin_token.encode(),) if admin_token else ()
+        self._clients = tuple(k.encode() for k in api_keys if k)
 
     async def intercept_service(
         self,
@@ -114,7 +125,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = handler_call_details.invocation_metadata or ()  # type: ignore[attr-defined]
         given = next((v for k, v in metadata if k == "authorization"), "")
-        token = given.encode() if isinstance(given, str) else bytes(given)
+        token = _bearer_token(given)
         is_admin = _matches(token, self._admin)
         is_client = _matches(token, self._clients)
         if not admin:

@@ -197,3 +197,45 @@ async def test_a_client_key_cannot_use_the_loopback_admin_path(
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
         # Loopback with no token is still the operator at the machine.
         await admin.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)
+
+
+async def test_the_bearer_scheme_is_case_insensitive_the_token_is_not(
+    gateway_factory: GatewayFactory,
+) -> None:
+    # RFC 7235: the auth-scheme is case-insensitive; clients send `bearer` (gRPC-Go examples,
+    # some proxies) as often as `Bearer`.
+    gw = await gateway_factory(env={"AIGW_ADMIN_TOKEN": TOKEN, "AIGW_API_KEYS": CLIENT_KEYS[0]})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        admin = admin_pb2_grpc.AdminServiceStub(ch)
+        completion = completion_pb2_grpc.CompletionStub(ch)
+        for scheme in ("bearer", "BEARER", "bEaReR", "Bearer"):
+            await admin.GetOtelConfig(
+                admin_pb2.GetOtelConfigRequest(),
+                metadata=[("authorization", f"{scheme} {TOKEN}")],
+                timeout=5,
+            )
+            reply = await completion.Complete(
+                chat("ok"), metadata=[("authorization", f"{scheme} {CLIENT_KEYS[0]}")], timeout=5
+            )
+            assert reply.content == "ok"
+        refused = {
+            "token in other case": f"bearer {TOKEN.upper()}",
+            "another scheme": f"Basic {TOKEN}",
+            "scheme glued to the token": f"bearer{TOKEN}",
+            "scheme only": "bearer",
+            "empty token": "bearer ",
+        }
+        for case, value in refused.items():
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await admin.GetOtelConfig(
+                    admin_pb2.GetOtelConfigRequest(),
+                    metadata=[("authorization", value)],
+                    timeout=5,
+                )
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, case
+            assert TOKEN not in (info.value.details() or ""), case
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await completion.Complete(
+                    chat(), metadata=[("authorization", value.replace(TOKEN, CLIENT_KEYS[0]))]
+                )
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, case
