@@ -35,6 +35,7 @@ from admin.config_store import (
     encode_section,
 )
 from admin.otel_config import check_settings
+from gateway.state_dir import private_dir
 from gateway.telemetry.export_settings import OtelSettings
 
 __all__ = ["MAX_HISTORY", "FileConfigStore"]
@@ -177,7 +178,7 @@ class FileConfigStore:
 
     def _write(self, history: list[ConfigVersion]) -> None:
         directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(directory)
         doc = {"format": FORMAT, "history": [_entry(v) for v in history]}
         data = json.dumps(doc, indent=1).encode()
         tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"

@@ -32,6 +32,7 @@ from gateway.completion import CompletionServicer
 from gateway.config import GatewayConfig, parse_listen_address
 from gateway.metrics_http import MetricsServer
 from gateway.router import Router
+from gateway.state_dir import private_dir
 from gateway.telemetry.interceptor import TelemetryInterceptor
 from gateway.telemetry.pipeline import Telemetry
 from gateway.telemetry.resource import build_resource
@@ -80,7 +81,7 @@ class Gateway:
         server_cfg = self.config.server
         host, port = parse_listen_address(server_cfg.listen)
         metrics_host, metrics_port = parse_listen_address(server_cfg.metrics_listen)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.state_dir)
 
         resource = build_resource()
         self.instance_id = str(resource.attributes["service.instance.id"])

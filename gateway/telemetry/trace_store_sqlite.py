@@ -52,6 +52,7 @@ from typing import Any, Final, Self
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from gateway.state_dir import private_dir
 from gateway.telemetry.trace_store import (
     SPAN_ROW_COLUMNS,
     STORED_SPAN_COLUMNS,
@@ -214,7 +215,7 @@ class SqliteTraceStore:
         writer: sqlite3.Connection | None = None
         reader: sqlite3.Connection | None = None
         try:
-            _make_private_dirs(path.parent)
+            private_dir(path.parent)
             _create_private_file(path)
             writer = _connect(path)
             _prepare_schema(writer, path)
@@ -433,23 +434,6 @@ class SqliteTraceStore:
 
 
 # ---------------------------------------------------------------------- file handling
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """Create the missing directories of `directory` as 0700; existing ones are left alone
-    (they may be shared, e.g. /var/lib)."""
-    missing: list[Path] = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        if d.parent == d:
-            break
-        d = d.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
-            # mkdir's mode is filtered by the umask; make it exact.
-            os.chmod(d, 0o700)
 
 
 def _create_private_file(path: Path) -> None:
