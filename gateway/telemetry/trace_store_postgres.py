@@ -60,8 +60,8 @@ Credentials
     The URL's password never appears in an exception message or a log record: messages name
     the database as ``host:port`` and give libpq's reason as a fixed phrase ("connection
     refused", "password authentication failed" …) rather than its text, which names the user;
-    the password and URL are also registered with the process-wide log redactor, for the
-    records psycopg itself writes.
+    the password is also registered with the process-wide log redactor, for the records
+    psycopg itself writes.
 
 Threads
     Writes use a writer connection under one lock (the processor's thread), queries a reader
@@ -153,9 +153,13 @@ INSERT INTO aigw_trace_retention VALUES (1, '-infinity');
 )
 
 CONNECT_TIMEOUT_SECONDS: Final = 3
-# Server-side limits for every session of the store (see the module docstring).
+# Server-side settings for every session of the store: the limits in the module docstring,
+# and no JIT: these are short statements over a few hundred rows, and on a table whose
+# statistics lag behind its growth the planner's estimates cross jit_above_cost, so compiling
+# a statement (25-100 ms measured) cost several times more than running it.
 _SESSION_OPTIONS: Final = (
-    "-c statement_timeout=15000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=60000"
+    "-c statement_timeout=15000 -c lock_timeout=10000 "
+    "-c idle_in_transaction_session_timeout=60000 -c jit=off"
 )
 # libpq settings that bound how long a vanished (not refusing) server can hold a call: TCP
 # keepalives notice a dead peer, tcp_user_timeout a peer that stopped acknowledging.
@@ -192,14 +196,16 @@ _LOCK_TRACES: Final = (
 _LOCK_SUMMARIES: Final = "SELECT 1 FROM aigw_traces WHERE trace_id = ANY(%s) FOR UPDATE"
 
 # Recomputes the summaries of the traces in %s from all their stored spans (the contract in
-# trace_store); r is the root: a local root if any, else the earliest span.
+# trace_store); r is the root: a local root if any, else the earliest span. Driven by the list
+# of ids, so each trace is two primary-key lookups whatever the table's size or statistics (a
+# `trace_id = ANY(…)` GROUP BY was planned as a sequential scan of all spans).
 _REFRESH_SUMMARIES: Final = """
 INSERT INTO aigw_traces (
     trace_id, root_span_name, model, status, rpc_status_code, start_ns, duration_ns, span_count,
     replica
 )
 SELECT
-    a.trace_id,
+    t.trace_id,
     r.name,
     CASE WHEN a.route <> '' THEN a.route ELSE a.request_model END,
     CASE WHEN (CASE WHEN r.local_root
@@ -211,16 +217,16 @@ SELECT
     a.end_ns - a.start_ns,
     a.n,
     r.replica
-FROM (
-    SELECT trace_id, count(*) AS n, min(start_ns) AS start_ns, max(end_ns) AS end_ns,
+FROM unnest(%s::text[]) AS t(trace_id)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, min(start_ns) AS start_ns, max(end_ns) AS end_ns,
            bool_or(status_code = 'ERROR') AS any_error,
            max(route) AS route, max(request_model) AS request_model
-    FROM aigw_spans WHERE trace_id = ANY(%s)
-    GROUP BY trace_id
+    FROM aigw_spans AS s WHERE s.trace_id = t.trace_id
 ) AS a
 CROSS JOIN LATERAL (
     SELECT name, local_root, status_code, rpc_status_code, replica
-    FROM aigw_spans AS s WHERE s.trace_id = a.trace_id
+    FROM aigw_spans AS s WHERE s.trace_id = t.trace_id
     ORDER BY local_root DESC, start_ns, span_id
     LIMIT 1
 ) AS r
@@ -287,7 +293,7 @@ class PostgresTraceStore:
         replica: str,
         connect_kwargs: dict[str, Any],
         target: str,
-        secrets: Sequence[str],
+        password: str,
     ) -> None:
         self.max_spans: Final = max_spans
         self.max_age_seconds: Final = max_age_seconds
@@ -296,11 +302,13 @@ class PostgresTraceStore:
         self.target: Final = target
         self._url = url
         self._connect_kwargs = connect_kwargs
-        self._secrets = tuple(s for s in secrets if s)
-        # The URL lives in this object and the redactor only: records that quote it (psycopg's
-        # own, say) are rewritten before any handler formats them.
+        self._secrets = tuple(s for s in (url, password) if s)
+        # Records that quote the password (psycopg's own, say) are rewritten before any
+        # handler formats them. The password alone, not the URL: the redactor also redacts
+        # the pieces of what it is given, and a key=value URL's pieces ("password",
+        # "localhost") would garble every line that mentions them.
         self._redactor_key = f"trace-store-{id(self)}"
-        REDACTOR.set_secrets(self._redactor_key, self._secrets)
+        REDACTOR.set_secrets(self._redactor_key, [password] if password else [])
         self._writer = _Session("writer")
         self._reader = _Session("reader")
         self._schema_lock = threading.Lock()
@@ -326,9 +334,11 @@ class PostgresTraceStore:
     ) -> Self:
         """A store over the database at `url` (a libpq URL or key=value string).
 
-        Does not connect: the first write or query does (see the module docstring). Raises
-        `TraceStoreError` for a URL that cannot be parsed (without repeating it) and
-        `ValueError` for bad limits.
+        `replica` is this gateway's service.instance.id: it names the store's sessions in
+        ``pg_stat_activity`` (application_name, unless the URL sets one). The replica column
+        of each span comes from the span's own resource. Does not connect: the first write or
+        query does (see the module docstring). Raises `TraceStoreError` for a URL that cannot
+        be parsed (without repeating it) and `ValueError` for bad limits.
         """
         check_limits(max_spans, max_age_seconds)
         if not connect_timeout > 0:
@@ -349,7 +359,8 @@ class PostgresTraceStore:
             "options": options,
         }
         if not info.get("application_name"):
-            connect_kwargs["application_name"] = "aigw-trace-store"
+            # PostgreSQL keeps 63 bytes of it.
+            connect_kwargs["application_name"] = f"aigw-traces {replica}"[:63]
         for key, value in _TCP_SETTINGS.items():
             if key not in info:
                 connect_kwargs[key] = value
@@ -360,7 +371,7 @@ class PostgresTraceStore:
             replica=replica,
             connect_kwargs=connect_kwargs,
             target=_target(info),
-            secrets=[url, password],
+            password=password,
         )
 
     def close(self) -> None:
