@@ -24,7 +24,9 @@ from dataclasses import replace
 from aigw.v1 import otel_config_pb2
 
 from admin.config_store import Action, ConfigStore, ConfigStoreError, ConfigStoreUnavailable
-from admin.otel_config import InvalidConfig, from_environment, merge, section_from_proto
+from admin.otel_config import InvalidConfig
+from admin.otel_env import from_environment
+from admin.otel_proto import merge, section_from_proto
 from gateway.telemetry.export_outcome import ExportOutcome
 from gateway.telemetry.export_probe import probe_export
 from gateway.telemetry.export_settings import ExporterSettings, OtelSettings

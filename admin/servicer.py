@@ -12,7 +12,8 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from admin.config_manager import OtelConfigManager, StaleVersion, UnknownVersion
 from admin.config_store import ConfigStoreError, ConfigStoreUnavailable, ConfigVersion
-from admin.otel_config import InvalidConfig, to_proto
+from admin.otel_config import InvalidConfig
+from admin.otel_proto import to_proto
 from admin.replicas import Replicas, ReplicaStatus
 from admin.secret_box import SecretBoxError
 from gateway.auth import admin_principal
