@@ -46,6 +46,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind, set_span_in_context
 
 from admin.secret_box import new_key
+from gateway.config import StoreConfig
+
+# Imported when the bench starts, as its gateways do: the code measured is the code they run.
+from gateway.telemetry.trace_store_postgres import PostgresTraceStore
+from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
 from tests.bench.measure import percentile, tree_cpu_seconds
 from tests.bench.servers import (
     ServerError,
@@ -228,9 +233,6 @@ def store_writes(
 ) -> list[StoreWriteResult]:
     """Write the same `batches` batches into each store, interleaved, after one warm-up batch
     each (the first write of a PostgreSQL store connects and migrates)."""
-    from gateway.telemetry.trace_store_postgres import PostgresTraceStore
-    from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
-
     factory = SpanFactory()
     work = [factory.batch(batch_size) for _ in range(batches + 1)]
     durable = cluster.create_database("micro")
@@ -369,8 +371,6 @@ def convergence(
     """`sets` SetOtelConfig calls, each on one replica in turn, each timed until every other
     replica's GetOtelConfig reports the new version. Pauses of 0.2–0.7 s (seeded) between Sets
     so they fall at every phase of the replicas' version checks."""
-    from gateway.config import StoreConfig
-
     store = StoreEnv(cluster.create_database("converge"), new_key())
     home = workdir / "convergence"
     home.mkdir(parents=True, exist_ok=True)

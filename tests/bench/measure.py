@@ -27,6 +27,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "ProcStats",
@@ -38,6 +39,7 @@ __all__ = [
     "package_versions",
     "parse_prometheus",
     "percentile",
+    "source_state",
     "status_counts",
     "store_counts",
     "tree_cpu_seconds",
@@ -293,6 +295,32 @@ def h2load_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return path
     return out or path
+
+
+def source_state(repo: Path) -> str:
+    """The commit measured, and which files of the gateway's code differed from it when the
+    run started (the working tree may hold changes not committed yet)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(repo), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    if not commit:
+        return "unknown (not a git checkout)"
+    changed = git("status", "--porcelain", "--", "gateway", "admin", "protos", "pyproject.toml")
+    files = [line[3:] for line in changed.splitlines() if line.strip()]
+    if not files:
+        return f"commit {commit}, gateway code as committed"
+    return f"commit {commit} + uncommitted changes to {', '.join(sorted(files))}"
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> Mapping[str, str]:

@@ -44,6 +44,7 @@ from tests.bench.measure import (
     machine_info,
     package_versions,
     percentile,
+    source_state,
     status_counts,
     store_counts,
 )
@@ -332,7 +333,7 @@ def run_bench(settings: Settings) -> BenchRun:
         body.write_bytes(grpc_frame(bench_request()))
         loader = Loader(workdir, body, tool=settings.tool)
         bench = BenchRun(
-            machine=machine_info(),
+            machine=machine_info() | {"code measured": source_state(REPO)},
             versions=dict(package_versions()),
             settings=settings,
             tool=loader.tool,
@@ -434,6 +435,9 @@ def run_bench(settings: Settings) -> BenchRun:
                 f"--batches {settings.fleet_batches}"
             )
     bench.elapsed = time.time() - started
+    # Other work on a shared machine shows here (steal only counts the hypervisor's).
+    with contextlib.suppress(OSError), open("/proc/loadavg", encoding="ascii") as f:
+        bench.machine["load average at end"] = " ".join(f.read().split()[:3])
     report.write(bench, settings)
     return bench
 
