@@ -13,16 +13,20 @@ Modes (both receivers): ``respond_ok()`` (the default), a failure (``respond_wit
 body)`` for HTTP, ``fail_with(code, details)`` for gRPC), and ``black_hole()`` (take the
 request, never answer until ``stop()``). Each mode setter takes ``times=N`` to apply to the
 next N requests only and then fall back to the standing mode — "503 once, then 200" is
-``rx.respond_with(503, times=1)``. ``refusing_endpoint()`` / ``closed_port_url()`` give a URL
-where connections are refused.
+``rx.respond_with(503, times=1)``. ``respond_ok(delay=s)`` is a slow backend: it holds each
+request `s` seconds before it accepts it (``requests`` shows it only once answered).
+``refusing_endpoint()`` / ``closed_port_url()`` give a URL where connections are refused;
+``HttpOtlpReceiver(port=N)`` listens on a given port (a backend coming back where it was).
 
 Accessors (both): ``requests`` (every record, in arrival order, with what was answered),
 ``wait_for_requests(n, timeout)``, ``spans()`` → [(trace id hex, span id hex, name)],
 ``metric_points()`` → {metric name: [data point]}, ``trace_requests()`` /
-``metric_requests()`` (decoded, acknowledged), ``clear()``. HTTP only: ``violations`` and
-``errors`` (handler tracebacks; the suite asserts it stays empty). Addresses: ``endpoint``
-("http://127.0.0.1:PORT"), plus ``traces_url`` / ``metrics_url`` / ``url(path)`` for HTTP and
-``address`` ("127.0.0.1:PORT", for grpc channels) for gRPC.
+``metric_requests()`` (decoded, acknowledged), ``clear()``, ``in_flight`` (requests taken
+and not yet answered, right now) and ``errors`` (handler tracebacks: leaving the ``with``
+block fails the test if there are any, unless the block is already raising). HTTP only:
+``violations``. Addresses: ``endpoint`` ("http://127.0.0.1:PORT"), plus ``traces_url`` /
+``metrics_url`` / ``url(path)`` for HTTP and ``address`` ("127.0.0.1:PORT", for grpc
+channels) for gRPC.
 
 The HTTP receiver is also the test oracle for our OTLP/JSON: it checks every JSON body against
 the spec's JSON Protobuf Encoding rules (``check_otlp_json``) *independently* of the
@@ -260,7 +264,7 @@ def decode_otlp_json(body: bytes, signal: Signal) -> tuple[ExportRequest | None,
 
 @dataclass(frozen=True)
 class _Ok:
-    pass
+    delay: float = 0.0  # seconds to hold the request before accepting it: a slow backend
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,35 @@ class _Records:
             return list(self._items)
 
 
+class _InFlight:
+    """How many requests a receiver is handling right now (taken, not yet answered)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        with self._lock:
+            self._n += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._n -= 1
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._n
+
+
+def _fail_on_handler_errors(name: str, errors: list[str], exc_type: object) -> None:
+    """On leaving a receiver's ``with`` block: its handlers must not have raised."""
+    if errors and exc_type is None:
+        raise AssertionError(f"{name} handler error(s):\n" + "\n".join(errors))
+
+
 # --- refused connections --------------------------------------------------------------------
 
 
@@ -402,11 +435,11 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, receiver: HttpOtlpReceiver) -> None:
+    def __init__(self, receiver: HttpOtlpReceiver, port: int = 0) -> None:
         self.receiver = receiver
         self.connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _HttpHandler)
+        super().__init__(("127.0.0.1", port), _HttpHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Tracked here, on the accept thread, rather than in the handler: after shutdown()
@@ -459,21 +492,24 @@ class HttpOtlpReceiver:
     as ``/otlp/v1/traces`` work). See the module docstring for modes and accessors.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, port: int = 0) -> None:
+        """`port`: 0 for an ephemeral one, or a given port (a backend that comes back there)."""
+        self._requested_port = port
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._modes = _Modes()
         self._records = _Records()
+        self._in_flight = _InFlight()
         self.errors: list[str] = []
-        """Tracebacks of exceptions inside request handling; tests can assert it is empty."""
+        """Tracebacks of exceptions inside request handling; leaving ``with`` asserts none."""
 
     # lifecycle
 
     def start(self) -> HttpOtlpReceiver:
         if self._server is not None:
             raise RuntimeError("already started")
-        self._server = _HttpServer(self)
+        self._server = _HttpServer(self, self._requested_port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -497,8 +533,9 @@ class HttpOtlpReceiver:
     def __enter__(self) -> HttpOtlpReceiver:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         self.stop()
+        _fail_on_handler_errors("HTTP OTLP receiver", self.errors, exc_type)
 
     # addresses
 
@@ -526,9 +563,10 @@ class HttpOtlpReceiver:
 
     # modes
 
-    def respond_ok(self, *, times: int | None = None) -> None:
-        """Accept and answer 200 with an empty Export*ServiceResponse (the default)."""
-        self._modes.set(_Ok(), times)
+    def respond_ok(self, *, delay: float = 0.0, times: int | None = None) -> None:
+        """Accept and answer 200 with an empty Export*ServiceResponse (the default); with
+        `delay`, only after holding the request that long (a slow backend)."""
+        self._modes.set(_Ok(delay), times)
 
     def respond_with(
         self,
@@ -590,9 +628,18 @@ class HttpOtlpReceiver:
     def violations(self) -> list[str]:
         return [v for r in self.requests for v in r.violations]
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled right now (body read or being read, not yet answered)."""
+        return self._in_flight.count
+
     # request handling (handler threads)
 
     def _handle_post(self, handler: _HttpHandler) -> None:
+        with self._in_flight.track():
+            self._handle_post_tracked(handler)
+
+    def _handle_post_tracked(self, handler: _HttpHandler) -> None:
         path = urlsplit(handler.path).path
         signal: Signal | None = (
             "traces"
@@ -694,6 +741,8 @@ class HttpOtlpReceiver:
             record(mode.status, (), body, request, obj)
             self._send(handler, mode.status, mode.body, mode.content_type, mode.headers)
             return
+        if isinstance(mode, _Ok) and mode.delay > 0:
+            self._stopping.wait(mode.delay)
         record(200, (), body, request, obj)
         response = _RESPONSE_TYPES[signal]()
         if media_type == "application/json":
@@ -786,6 +835,9 @@ class GrpcOtlpReceiver:
         self._parked: set[threading.Event] = set()
         self._modes = _Modes()
         self._records = _Records()
+        self._in_flight = _InFlight()
+        self.errors: list[str] = []
+        """Tracebacks of exceptions inside call handling; leaving ``with`` asserts none."""
 
     # lifecycle
 
@@ -822,8 +874,9 @@ class GrpcOtlpReceiver:
     def __enter__(self) -> GrpcOtlpReceiver:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         self.stop()
+        _fail_on_handler_errors("gRPC OTLP receiver", self.errors, exc_type)
 
     # addresses
 
@@ -845,8 +898,9 @@ class GrpcOtlpReceiver:
 
     # modes
 
-    def respond_ok(self, *, times: int | None = None) -> None:
-        self._modes.set(_Ok(), times)
+    def respond_ok(self, *, delay: float = 0.0, times: int | None = None) -> None:
+        """Answer OK (the default); with `delay`, only after holding the call that long."""
+        self._modes.set(_Ok(delay), times)
 
     def fail_with(
         self, code: grpc.StatusCode, details: str = "", *, times: int | None = None
@@ -896,9 +950,28 @@ class GrpcOtlpReceiver:
     def metric_points(self) -> dict[str, list[Message]]:
         return data_points_by_metric(self.metric_requests())
 
+    @property
+    def in_flight(self) -> int:
+        """Export calls being handled right now (taken, not yet answered)."""
+        return self._in_flight.count
+
     # call handling (server threads)
 
     def _serve(self, signal: Signal, request: ExportRequest, context: grpc.ServicerContext) -> None:
+        with self._in_flight.track():
+            try:
+                failure = self._answer(signal, request, context)
+            except Exception:
+                # A bug of the receiver's own, not an answer it chose: the test must fail.
+                self.errors.append(traceback.format_exc())
+                raise
+            if failure is not None:
+                context.abort(*failure)
+
+    def _answer(
+        self, signal: Signal, request: ExportRequest, context: grpc.ServicerContext
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Record the call; the (code, details) to abort it with, or None to answer OK."""
         metadata = tuple((m.key, m.value) for m in context.invocation_metadata())
         copy = type(request)()
         copy.CopyFrom(request)
@@ -915,11 +988,14 @@ class GrpcOtlpReceiver:
             finally:
                 with self._parked_lock:
                     self._parked.discard(done)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "black-holed request released")
+            return grpc.StatusCode.UNAVAILABLE, "black-holed request released"
         if isinstance(mode, _GrpcFailure):
             self._records.add(GrpcRequestRecord(signal, copy, metadata, mode.code))
-            context.abort(mode.code, mode.details)
+            return mode.code, mode.details
+        if isinstance(mode, _Ok) and mode.delay > 0:
+            self._stopping.wait(mode.delay)
         self._records.add(GrpcRequestRecord(signal, copy, metadata, grpc.StatusCode.OK))
+        return None
 
 
 # --- TLS with a certificate nobody trusts ----------------------------------------------------

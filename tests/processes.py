@@ -9,9 +9,19 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["start_gateway_process", "stop_process"]
+__all__ = ["clean_env", "start_gateway_process", "stop_process"]
 
 _LISTENING = re.compile(r"serving gRPC on [\d.]+:(\d+), metrics on http://[\d.]+:(\d+)/metrics")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any OTEL_* or AIGW_* variable, plus `extra`.
+
+    Every gateway process a test starts gets this: a CI runner or an operator's shell that
+    exports OTEL_EXPORTER_OTLP_ENDPOINT or AIGW_ADMIN_TOKEN must not change what a test sees.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AIGW_"))}
+    return {**base, "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
 async def start_gateway_process(
@@ -20,14 +30,15 @@ async def start_gateway_process(
     """Start `python -m gateway serve` on free ports; answer (process, grpc port, metrics port).
 
     stderr stays a pipe that is drained in the background, so a chatty gateway never blocks.
+    The environment is `clean_env(env)`. `args` come after the defaults, so a later
+    `--listen` wins.
     """
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AIGW_"))}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve",
         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
         "--state-dir", str(state_dir), *args,
         stderr=asyncio.subprocess.PIPE,
-        env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env=clean_env(env),
     )  # fmt: skip
     assert proc.stderr is not None
     lines: list[str] = []

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import sys
 from pathlib import Path
 
 import grpc
-from aigw.v1 import completion_pb2_grpc
+import pytest
+from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import chat
-
-_LISTENING = re.compile(r"serving gRPC on [\d.]+:(\d+), metrics on http://[\d.]+:(\d+)/metrics")
+from tests.otlp_receivers import HttpOtlpReceiver
+from tests.processes import clean_env, start_gateway_process, stop_process
 
 
 async def test_reflection_lists_both_services(channel: grpc.aio.Channel) -> None:
@@ -38,31 +37,6 @@ async def test_health_is_serving(channel: grpc.aio.Channel) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def _start_process(*args: str, state_dir: Path) -> tuple[asyncio.subprocess.Process, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        *args,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(20):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "gateway exited before listening"
-            if match := _LISTENING.search(line):
-                return proc, int(match.group(1))
-
-
 async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(
     tmp_path: Path,
 ) -> None:
@@ -71,7 +45,9 @@ async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(
         "[server]\ngrace_period_seconds = 10\n"
         '[routes.slow]\nprovider = "echo"\ntoken_delay_ms = 100\n'
     )
-    proc, port = await _start_process("--config", str(config), state_dir=tmp_path / "state")
+    proc, port, _ = await start_gateway_process(
+        "--config", str(config), state_dir=tmp_path / "state"
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = completion_pb2_grpc.CompletionStub(ch)
@@ -88,9 +64,7 @@ async def test_sigterm_lets_a_stream_in_flight_finish_then_exits_0(
         async with asyncio.timeout(20):
             assert await proc.wait() == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 async def test_a_bad_config_stops_start_up_naming_file_and_key(tmp_path: Path) -> None:
@@ -104,6 +78,7 @@ async def test_a_bad_config_stops_start_up_naming_file_and_key(tmp_path: Path) -
         "--config",
         str(config),
         stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
     )
     async with asyncio.timeout(20):
         _, err = await proc.communicate()
@@ -113,3 +88,36 @@ async def test_a_bad_config_stops_start_up_naming_file_and_key(tmp_path: Path) -
     assert f"{config}: routes.x.bogus: unknown key" in text
     assert f"{config}: routes.x.base_url: required for provider openai" in text
     assert "Traceback" not in text
+
+
+async def test_gateway_processes_ignore_the_callers_otel_and_aigw_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a CI runner or an operator's shell exports must not reach a gateway under test."""
+    with HttpOtlpReceiver() as receiver:
+        # Each of these would change what the gateway does, if it saw them.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.traces_url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "not-aigw")
+        monkeypatch.setenv("AIGW_ADMIN_TOKEN", "an-operators-admin-token")
+        monkeypatch.setenv("AIGW_API_KEYS", "an-operators-client-key")
+        proc, port, _ = await start_gateway_process(state_dir=tmp_path / "state")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                # No API keys: Completion is open. No admin token: loopback may administer.
+                reply = await completion_pb2_grpc.CompletionStub(ch).Complete(
+                    chat("open"), timeout=5
+                )
+                assert reply.content == "open"
+                got = await admin_pb2_grpc.AdminServiceStub(ch).GetOtelConfig(
+                    admin_pb2.GetOtelConfigRequest(), timeout=5
+                )
+            # No exporter was seeded from OTEL_*: export is off.
+            assert not got.config.traces.enabled
+            assert not got.config.traces.endpoint
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                assert await proc.wait() == 0
+        finally:
+            await stop_process(proc)
+        assert receiver.requests == []
