@@ -9,11 +9,16 @@
     aigw-admin otel history
     aigw-admin otel rollback 3
     aigw-admin replicas
+    aigw-admin --addr aigw.example.com:50051 --cacert ca.pem [--cert me.pem --key me-key.pem] …
 
 `otel set` and `otel test` start from the gateway's current config (Get), change only the
 flags given, and `set` sends the version it started from, so two operators editing at once
 cannot overwrite each other silently. Header values never come back from the gateway: they are
 shown masked, and a masked value sent back keeps the stored secret.
+
+Plaintext by default, as `make run` serves; `--cacert` (trust this CA), `--tls` (trust the
+system's CAs) or `--cert`/`--key` (a client certificate, for a listener with `client_ca_file`)
+switch to TLS, like grpcurl's `-cacert`, `-cert` and `-key`.
 """
 
 from __future__ import annotations
@@ -312,6 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway HOST:PORT (env AIGW_ADDR; default 127.0.0.1:50051)",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
+    tls.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=os.environ.get("AIGW_CACERT") or None,
+        help="PEM CA certificate(s) to trust for the gateway's certificate (env AIGW_CACERT)",
+    )
+    tls.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=os.environ.get("AIGW_CLIENT_CERT") or None,
+        help="PEM client certificate for mTLS (env AIGW_CLIENT_CERT); needs --key",
+    )
+    tls.add_argument(
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("AIGW_CLIENT_KEY") or None,
+        help="PEM private key of --cert (env AIGW_CLIENT_KEY)",
+    )
+    tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+    tls.add_argument(
+        "--servername", metavar="NAME", help="the name to verify the gateway's certificate for"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     traces = commands.add_parser("traces", help="the gateway's trace store")
@@ -345,11 +373,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_pem(parser: argparse.ArgumentParser, flag: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        parser.error(f"{flag} {path}: {e.strerror or e}")
+
+
+def _channel(parser: argparse.ArgumentParser, args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext unless a TLS flag is given; then TLS, with a client certificate for mTLS."""
+    if not (args.tls or args.cacert or args.cert or args.key or args.servername):
+        return grpc.insecure_channel(args.addr)
+    if (args.cert is None) != (args.key is None):
+        parser.error("--cert and --key go together (env AIGW_CLIENT_CERT, AIGW_CLIENT_KEY)")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(parser, "--cacert", args.cacert),
+        private_key=_read_pem(parser, "--key", args.key),
+        certificate_chain=_read_pem(parser, "--cert", args.cert),
+    )
+    options = [("grpc.ssl_target_name_override", args.servername)] if args.servername else []
+    return grpc.secure_channel(args.addr, credentials, options=options)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     token = os.environ.get("AIGW_ADMIN_TOKEN", "")
     meta = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(args.addr) as channel:
+    with _channel(parser, args) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         try:
             if args.command == "traces":

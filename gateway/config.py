@@ -6,6 +6,9 @@
     state_dir = "/var/lib/aigw"
     grace_period_seconds = 10
     max_message_bytes = 4194304
+    tls_cert_file = "/etc/aigw/tls.crt"     # TLS on the gRPC listener (re-read when changed)
+    tls_key_file = "/etc/aigw/tls.key"      # given with tls_cert_file, never without
+    client_ca_file = "/etc/aigw/client-ca.crt"  # mTLS: clients need a certificate from it
 
     [telemetry]
     record_content = false          # prompt/completion text on spans (opt-in)
@@ -78,6 +81,10 @@ class ServerConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     grace_period_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
+    # TLS on the gRPC listener (gateway/tls.py): both or neither; the CA makes it mTLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    client_ca_file: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +235,11 @@ _SERVER: dict[str, Check] = {
     "state_dir": _string(),
     "grace_period_seconds": _number(0, 3600),
     "max_message_bytes": _integer(1024, 256 * 1024 * 1024),
+    "tls_cert_file": _string(re.compile(r"\S.*"), "a file path"),
+    "tls_key_file": _string(re.compile(r"\S.*"), "a file path"),
+    "client_ca_file": _string(re.compile(r"\S.*"), "a file path"),
 }
+_TLS_KEYS = ("tls_cert_file", "tls_key_file", "client_ca_file")
 _TELEMETRY: dict[str, Check] = {
     "record_content": _boolean,
     "content_max_chars": _integer(0, 1_000_000),
@@ -334,6 +345,16 @@ def load_config(path: Path | None) -> GatewayConfig:
         if key not in ("server", "telemetry", "store", "routes"):
             problems.append((key, "unknown section; expected server, telemetry, store or routes"))
     server = _section(doc.get("server", {}), "server", _SERVER, problems)
+    if not any(key in (f"server.{k}" for k in _TLS_KEYS) for key, _ in problems):
+        # The files once every TLS key given is a usable string: read, parsed, key matched.
+        from gateway.tls import check_files
+
+        for key in _TLS_KEYS:
+            if key in server:
+                server[key] = Path(server[key]).expanduser()
+        problems += check_files(
+            server.get("tls_cert_file"), server.get("tls_key_file"), server.get("client_ca_file")
+        )
     telemetry = _section(doc.get("telemetry", {}), "telemetry", _TELEMETRY, problems)
     store = _section(doc.get("store", {}), "store", _STORE, problems)
     routes_table = doc.get("routes", None)

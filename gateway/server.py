@@ -36,6 +36,13 @@ from gateway.state_dir import private_dir
 from gateway.telemetry.interceptor import TelemetryInterceptor
 from gateway.telemetry.pipeline import Telemetry
 from gateway.telemetry.resource import build_resource
+from gateway.tls import (
+    ServerCertificates,
+    TlsFileError,
+    TlsFiles,
+    check_files,
+    is_loopback_host,
+)
 
 __all__ = ["OTEL_CONFIG_FILE", "Gateway", "serve"]
 
@@ -71,6 +78,7 @@ class Gateway:
         self.instance_id = ""
         self.port = 0
         self.metrics_port = 0
+        self.certificates: ServerCertificates | None = None
         self._stopped = False
 
     @property
@@ -81,6 +89,8 @@ class Gateway:
         server_cfg = self.config.server
         host, port = parse_listen_address(server_cfg.listen)
         metrics_host, metrics_port = parse_listen_address(server_cfg.metrics_listen)
+        # Before anything opens: certificate files that cannot be served stop the start here.
+        self.certificates = _certificates(self.config)
         private_dir(self.state_dir)
 
         resource = build_resource()
@@ -126,7 +136,7 @@ class Gateway:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{_bracket(host)}:{port}")
+        self.port = self._add_port(server, host, port)
         if self.port == 0:
             raise OSError(f"cannot listen on {server_cfg.listen}")
         interceptor.set_server_port(self.port)
@@ -138,6 +148,20 @@ class Gateway:
         replicas.start(Identity(instance_id=self.instance_id, address=_advertised(host, self.port)))
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _add_port(self, server: grpc.aio.Server, host: str, port: int) -> int:
+        """TLS (re-read on change, mTLS with a client CA) when configured, else plaintext."""
+        cfg = self.config.server
+        address = f"{_bracket(host)}:{port}"
+        if self.certificates is not None:
+            return server.add_secure_port(address, self.certificates.credentials())
+        if not is_loopback_host(host):
+            _log.warning(
+                "gRPC listener %s is not loopback and has no TLS: the admin token and client "
+                "API keys travel in clear text; set [server] tls_cert_file and tls_key_file",
+                cfg.listen,
+            )
+        return server.add_insecure_port(address)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; safe to call twice and after a failed start."""
@@ -164,6 +188,16 @@ class Gateway:
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+def _certificates(config: GatewayConfig) -> ServerCertificates | None:
+    cfg = config.server
+    if cfg.tls_cert_file is None and cfg.tls_key_file is None and cfg.client_ca_file is None:
+        return None
+    problems = check_files(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
+    if problems or cfg.tls_cert_file is None or cfg.tls_key_file is None:
+        raise TlsFileError(problems)
+    return ServerCertificates(TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file))
 
 
 def _advertised(host: str, port: int) -> str:
