@@ -163,7 +163,7 @@ def _section_to_proto(s: ExporterSettings, metrics: bool) -> otel_config_pb2.Exp
     )
     if metrics:
         pb.export_interval.CopyFrom(duration(s.export_interval))
-        pb.temporality = VOCABULARY["temporality"].number(s.temporality)  # type: ignore[assignment]
+        pb.temporality = VOCABULARY["temporality"].number(s.temporality)
     return pb
 
 

@@ -20,6 +20,8 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_EXPORT_INTERVAL = 60.0
 
+# The vocabulary: a new value goes here and into the proto enum (`<ENUM>_<VALUE>`);
+# admin/otel_vocabulary.py derives the API's enum mapping and the accepted values from these.
 Protocol = Literal["http", "grpc"]
 Encoding = Literal["proto", "json"]
 Compression = Literal["none", "gzip"]
