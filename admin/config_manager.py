@@ -27,10 +27,9 @@ from admin.config_store import Action, ConfigStore, ConfigStoreError, ConfigStor
 from admin.otel_config import InvalidConfig
 from admin.otel_env import from_environment
 from admin.otel_proto import merge, section_from_proto
+from gateway.telemetry.control import TelemetryControl
 from gateway.telemetry.export_outcome import ExportOutcome
-from gateway.telemetry.export_probe import probe_export
 from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
-from gateway.telemetry.pipeline import Telemetry
 
 __all__ = ["OtelConfigManager", "StaleVersion", "TestResult", "UnknownVersion"]
 
@@ -61,7 +60,7 @@ class TestResult:
 class OtelConfigManager:
     """The one owner of "which OTEL config runs here"; every change goes through it."""
 
-    def __init__(self, telemetry: Telemetry, store: ConfigStore) -> None:
+    def __init__(self, telemetry: TelemetryControl, store: ConfigStore) -> None:
         self._telemetry = telemetry
         self._store = store
         self._settings = OtelSettings()
@@ -247,5 +246,7 @@ def _describe(s: ExporterSettings) -> str:
     return f"{s.protocol}{encoding} → {s.endpoint}"
 
 
-def _test_export(section: str, settings: ExporterSettings, telemetry: Telemetry) -> TestResult:
-    return TestResult(*probe_export(section, settings, telemetry.resource))
+def _test_export(
+    section: str, settings: ExporterSettings, telemetry: TelemetryControl
+) -> TestResult:
+    return TestResult(*telemetry.test_export(section, settings))

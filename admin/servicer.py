@@ -17,8 +17,8 @@ from admin.otel_proto import to_proto
 from admin.replicas import Replicas, ReplicaStatus
 from admin.secret_box import SecretBoxError
 from gateway.auth import admin_principal
-from gateway.telemetry.export_stats import ExportStats, HealthSnapshot
-from gateway.telemetry.pipeline import Telemetry
+from gateway.telemetry.control import ExportHealth, TelemetryControl
+from gateway.telemetry.export_stats import HealthSnapshot
 from gateway.telemetry.trace_store import (
     StoredSpan,
     TraceStore,
@@ -89,7 +89,7 @@ def _ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
 
-def health_document(traces: ExportStats, metrics: ExportStats) -> dict[str, Any]:
+def health_document(health: ExportHealth) -> dict[str, Any]:
     """Exporter health as a replica publishes it in its heartbeat."""
     return {
         name: {
@@ -100,7 +100,7 @@ def health_document(traces: ExportStats, metrics: ExportStats) -> dict[str, Any]
             "last_error_ns": snap.last_error_ns,
             "last_error": snap.last_error,
         }
-        for name, snap in (("traces", traces.snapshot()), ("metrics", metrics.snapshot()))
+        for name, snap in (("traces", health.traces), ("metrics", health.metrics))
     }
 
 
@@ -194,17 +194,18 @@ _CHANGE_ERRORS = (
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, telemetry: Telemetry, manager: OtelConfigManager, replicas: Replicas
+        self, telemetry: TelemetryControl, manager: OtelConfigManager, replicas: Replicas
     ) -> None:
-        self._store: TraceStore = telemetry.store
+        self._store: TraceStore = telemetry.traces
         self._telemetry = telemetry
         self._manager = manager
         self._replicas = replicas
 
     def _otel_health(self) -> otel_config_pb2.OtelHealth:
+        health = self._telemetry.health()
         return otel_config_pb2.OtelHealth(
-            traces=_health(self._telemetry.trace_stats.snapshot()),
-            metrics=_health(self._telemetry.metric_stats.snapshot()),
+            traces=_health(health.traces),
+            metrics=_health(health.metrics),
         )
 
     def _store_health(self) -> admin_pb2.ConfigStoreHealth:

@@ -104,7 +104,7 @@ class Gateway:
         self.replicas = replicas = backends.replicas(
             lambda: (
                 otel.settings.version,
-                health_document(telemetry.trace_stats, telemetry.metric_stats),
+                health_document(telemetry.health()),
             ),
             self.config,
         )

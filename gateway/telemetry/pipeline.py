@@ -25,7 +25,10 @@ from gateway import __version__
 from gateway.config import TelemetryConfig
 from gateway.redaction import REDACTOR
 from gateway.telemetry.catalog import CATALOG, histogram_views
-from gateway.telemetry.export_settings import OtelSettings
+from gateway.telemetry.control import ExportHealth
+from gateway.telemetry.export_outcome import ExportOutcome
+from gateway.telemetry.export_probe import probe_export
+from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
 from gateway.telemetry.export_stats import ExportStats
 from gateway.telemetry.genai import GenAITelemetry
 from gateway.telemetry.metric_export import MetricExport
@@ -83,6 +86,20 @@ class Telemetry:
             ("dropped",): p.dropped,
             ("failed",): p.failed,
         }
+
+    # --- TelemetryControl: what admin/ may use ---------------------------------------------
+
+    @property
+    def traces(self) -> TraceStore:
+        return self.store
+
+    def health(self) -> ExportHealth:
+        return ExportHealth(
+            traces=self.trace_stats.snapshot(), metrics=self.metric_stats.snapshot()
+        )
+
+    def test_export(self, section: str, settings: ExporterSettings) -> tuple[ExportOutcome, float]:
+        return probe_export(section, settings, self.resource)
 
     def apply(self, settings: OtelSettings) -> None:
         """Point OTLP export where `settings` say. Blocking: run it off the event loop.
