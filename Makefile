@@ -21,11 +21,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # promtool (Debian's prometheus package) lints the /metrics exposition in the tests;
-# PostgreSQL (Debian's postgresql) is the fleet store the tests run their own clusters of.
+# PostgreSQL (Debian's postgresql) is the fleet store the tests run their own clusters of;
+# headless Chromium (chromium, chromium-driver) drives the console's browser tests.
 .test-peers:
-	@{ command -v promtool && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || \
+	@{ command -v promtool && ls /usr/lib/postgresql/*/bin/pg_ctl && \
+	   command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || \
 		{ $(APT) update -qq && \
-		  $(APT) install -y -qq --no-install-recommends prometheus postgresql; }
+		  $(APT) install -y -qq --no-install-recommends prometheus postgresql \
+		    chromium chromium-driver; }
 
 run: $(STAMP)
 	$(BIN)/aigw serve $(ARGS)

@@ -10,14 +10,21 @@ import grpc
 from aigw.v1 import admin_pb2, admin_pb2_grpc, otel_config_pb2, traces_pb2
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from admin.config_manager import OtelConfigManager, StaleVersion, UnknownVersion
+from admin.config_manager import OtelConfigManager
 from admin.config_store import ConfigStoreError, ConfigStoreUnavailable, ConfigVersion
+from admin.control_views import (
+    CHANGE_ERRORS,
+    FleetUnavailable,
+    change_failure,
+    fleet_view,
+    health_document,
+    health_from_document,
+)
 from admin.otel_config import InvalidConfig
 from admin.otel_proto import to_proto
 from admin.replicas import Replicas, ReplicaStatus
-from admin.secret_box import SecretBoxError
 from gateway.auth import admin_principal
-from gateway.telemetry.control import ExportHealth, TelemetryControl
+from gateway.telemetry.control import TelemetryControl
 from gateway.telemetry.export_stats import HealthSnapshot
 from gateway.telemetry.trace_store import (
     StoredSpan,
@@ -26,7 +33,7 @@ from gateway.telemetry.trace_store import (
     TraceSummary,
 )
 
-__all__ = ["AdminServicer"]
+__all__ = ["AdminServicer", "health_document"]
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _STATUS_FILTER = {
@@ -36,6 +43,10 @@ _STATUS_FILTER = {
 }
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
+# How long a trace query waits for spans already ended to reach the store (read your own
+# writes: a ListTraces right after a call lists it). Bounded: a store that is down must not
+# hold the query for longer.
+READ_YOUR_WRITES_SECONDS = 1.0
 
 
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
@@ -89,33 +100,6 @@ def _ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
 
-def health_document(health: ExportHealth) -> dict[str, Any]:
-    """Exporter health as a replica publishes it in its heartbeat."""
-    return {
-        name: {
-            "exported": snap.exported,
-            "failed": snap.failed,
-            "dropped": snap.dropped,
-            "last_success_ns": snap.last_success_ns,
-            "last_error_ns": snap.last_error_ns,
-            "last_error": snap.last_error,
-        }
-        for name, snap in (("traces", health.traces), ("metrics", health.metrics))
-    }
-
-
-def _snapshot(doc: Any) -> HealthSnapshot:
-    doc = doc if isinstance(doc, dict) else {}
-    return HealthSnapshot(
-        exported=int(doc.get("exported", 0)),
-        failed=int(doc.get("failed", 0)),
-        dropped=int(doc.get("dropped", 0)),
-        last_success_ns=int(doc.get("last_success_ns", 0)),
-        last_error_ns=int(doc.get("last_error_ns", 0)),
-        last_error=str(doc.get("last_error", "")),
-    )
-
-
 def _replica(r: ReplicaStatus) -> admin_pb2.Replica:
     i = r.identity
     return admin_pb2.Replica(
@@ -128,8 +112,8 @@ def _replica(r: ReplicaStatus) -> admin_pb2.Replica:
         applied_version=r.applied_version,
         state=admin_pb2.REPLICA_STATE_LIVE if r.live else admin_pb2.REPLICA_STATE_GONE,
         health=otel_config_pb2.OtelHealth(
-            traces=_health(_snapshot(r.health.get("traces"))),
-            metrics=_health(_snapshot(r.health.get("metrics"))),
+            traces=_health(health_from_document(r.health.get("traces"))),
+            metrics=_health(health_from_document(r.health.get("metrics"))),
         ),
         self=r.is_self,
     )
@@ -161,35 +145,8 @@ def _health(snap: HealthSnapshot) -> otel_config_pb2.ExporterHealth:
 
 
 async def _abort_change(context: grpc.aio.ServicerContext, e: Exception) -> None:
-    """The one mapping of a failed Set or rollback to a status; nothing was changed."""
-    if isinstance(e, InvalidConfig):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    if isinstance(e, StaleVersion | SecretBoxError):
-        # A missing encryption key is fixed by the operator, not by retrying.
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-    if isinstance(e, UnknownVersion):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-    if isinstance(e, ConfigStoreUnavailable):
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"config store unavailable, nothing changed: {e}"
-        )
-    if isinstance(e, ConfigStoreError | OSError):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"config not saved, nothing changed: {e}")
-    if isinstance(e, ValueError):
-        # An exporter refused its settings while being built: nothing was switched.
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"config: {e}")
-    raise e
-
-
-_CHANGE_ERRORS = (
-    InvalidConfig,
-    StaleVersion,
-    UnknownVersion,
-    SecretBoxError,
-    ConfigStoreError,
-    OSError,
-    ValueError,
-)
+    """A failed Set or rollback, mapped as the console maps it; nothing was changed."""
+    await context.abort(*change_failure(e))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -234,7 +191,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         expected = request.expected_version if request.HasField("expected_version") else None
         try:
             settings = await self._manager.set(request.config, expected, author=admin_principal())
-        except _CHANGE_ERRORS as e:
+        except CHANGE_ERRORS as e:
             await _abort_change(context, e)
         return admin_pb2.SetOtelConfigResponse(
             config=to_proto(settings), version=settings.version, health=self._otel_health()
@@ -252,7 +209,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             settings = await self._manager.rollback(
                 request.version, expected, author=admin_principal()
             )
-        except _CHANGE_ERRORS as e:
+        except CHANGE_ERRORS as e:
             await _abort_change(context, e)
         return admin_pb2.RollbackOtelConfigResponse(
             config=to_proto(settings), version=settings.version, health=self._otel_health()
@@ -290,16 +247,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListReplicasRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListReplicasResponse:
         try:
-            replicas = await asyncio.to_thread(self._replicas.list)
-            newest = await asyncio.to_thread(self._manager.store.latest)
-        except (ConnectionError, ConfigStoreUnavailable) as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"config store unavailable: {e}")
-        current = newest.version if newest is not None else self._manager.settings.version
-        live = [r for r in replicas if r.live]
+            fleet = await fleet_view(self._replicas, self._manager)
+        except FleetUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return admin_pb2.ListReplicasResponse(
-            replicas=[_replica(r) for r in replicas],
-            current_version=current,
-            converged=bool(live) and all(r.applied_version == current for r in live),
+            replicas=[_replica(r) for r in fleet.replicas],
+            current_version=fleet.current_version,
+            converged=fleet.converged,
         )
 
     async def TestOtelConfig(
@@ -340,6 +294,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if request.min_duration.seconds < 0 or request.min_duration.nanos < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_duration: must be >= 0")
         try:
+            await asyncio.to_thread(self._telemetry.flush_traces, READ_YOUR_WRITES_SECONDS)
             traces, token = await asyncio.to_thread(
                 self._store.list_traces,
                 model=request.model,
@@ -372,6 +327,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "trace_id: must be 32 hexadecimal digits"
             )
         try:
+            await asyncio.to_thread(self._telemetry.flush_traces, READ_YOUR_WRITES_SECONDS)
             spans = await asyncio.to_thread(self._store.get_trace, trace_id)
         except TraceStoreUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))

@@ -2,7 +2,9 @@
 
     [server]
     listen = "127.0.0.1:50051"
-    metrics_listen = "127.0.0.1:9464"
+    metrics_listen = "127.0.0.1:9464"   # side-port: /metrics and the operator console
+    side_port_max_connections = 1000    # past it, the longest-idle connection is closed
+    side_port_idle_timeout_seconds = 30 # no complete request by then (idle, half-sent): closed
     state_dir = "/var/lib/aigw"
     grace_period_seconds = 10
     max_message_bytes = 4194304
@@ -78,6 +80,8 @@ def default_state_dir() -> Path:
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
+    side_port_max_connections: int = 1000
+    side_port_idle_timeout_seconds: float = 30.0
     state_dir: Path = field(default_factory=default_state_dir)
     grace_period_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
@@ -232,6 +236,8 @@ def _url(v: Any) -> str | None:
 _SERVER: dict[str, Check] = {
     "listen": _listen,
     "metrics_listen": _listen,
+    "side_port_max_connections": _integer(16, 100_000),
+    "side_port_idle_timeout_seconds": _number(0.1, 60),
     "state_dir": _string(),
     "grace_period_seconds": _number(0, 3600),
     "max_message_bytes": _integer(1024, 256 * 1024 * 1024),

@@ -30,7 +30,8 @@ from gateway.auth import AuthInterceptor, parse_api_keys
 from gateway.backends import OTEL_CONFIG_FILE, open_backends
 from gateway.completion import CompletionServicer
 from gateway.config import GatewayConfig, parse_listen_address
-from gateway.metrics_http import MetricsServer
+from gateway.console import Console
+from gateway.metrics_http import SidePort
 from gateway.router import Router
 from gateway.state_dir import private_dir
 from gateway.telemetry.interceptor import TelemetryInterceptor
@@ -71,7 +72,7 @@ class Gateway:
         self.otel: OtelConfigManager | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
-        self._metrics_server: MetricsServer | None = None
+        self._metrics_server: SidePort | None = None
         self._router: Router | None = None
         self.telemetry: Telemetry | None = None
         self.replicas: Replicas | None = None
@@ -141,8 +142,18 @@ class Gateway:
             raise OSError(f"cannot listen on {server_cfg.listen}")
         interceptor.set_server_port(self.port)
 
-        self._metrics_server = MetricsServer(telemetry.registry, metrics_host, metrics_port)
-        self._metrics_server.start()
+        console = Console(
+            telemetry, otel, replicas, telemetry.registry, self._env.get("AIGW_ADMIN_TOKEN", "")
+        )
+        self._metrics_server = SidePort(
+            telemetry.registry,
+            metrics_host,
+            metrics_port,
+            max_connections=server_cfg.side_port_max_connections,
+            idle_timeout=server_cfg.side_port_idle_timeout_seconds,
+            setup=console.install,
+        )
+        await self._metrics_server.start()
         self.metrics_port = self._metrics_server.port
         await server.start()
         replicas.start(Identity(instance_id=self.instance_id, address=_advertised(host, self.port)))
@@ -176,7 +187,7 @@ class Gateway:
         if self._router is not None:
             await self._router.aclose()
         if self._metrics_server is not None:
-            self._metrics_server.stop()
+            await self._metrics_server.stop()
         deadline = time.monotonic() + _FLUSH_SECONDS
         if self.replicas is not None:
             await asyncio.to_thread(self.replicas.shutdown, deadline)
