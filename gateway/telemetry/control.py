@@ -32,6 +32,11 @@ class TelemetryControl(Protocol):
         """The trace store, for queries."""
         ...
 
+    def flush_traces(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until every span ended so far is in the trace
+        store, so a query right after a call sees it (read your own writes). Blocking."""
+        ...
+
     def apply(self, settings: OtelSettings) -> None:
         """Point OTLP export where `settings` say; all or nothing. Blocking."""
         ...

@@ -93,6 +93,9 @@ class Telemetry:
     def traces(self) -> TraceStore:
         return self.store
 
+    def flush_traces(self, timeout: float) -> bool:
+        return self.store_processor.force_flush(max(int(timeout * 1000), 0))
+
     def health(self) -> ExportHealth:
         return ExportHealth(
             traces=self.trace_stats.snapshot(), metrics=self.metric_stats.snapshot()
