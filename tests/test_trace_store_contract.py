@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,18 +41,22 @@ from tests.test_trace_store_support import (
 
 
 @pytest.fixture(scope="module")
-def module_database(pg_cluster: PostgresCluster) -> str:
-    """One database for this module's PostgreSQL runs, emptied before each test."""
-    return pg_cluster.create_database("contract")
+def module_database(pg_cluster: PostgresCluster) -> Iterator[tuple[str, psycopg.Connection]]:
+    """One database for this module's PostgreSQL runs, emptied before each test, and a
+    connection to empty it with."""
+    url = pg_cluster.create_database("contract")
+    with psycopg.connect(url, autocommit=True) as admin:
+        yield url, admin
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    url = ""
     if request.param == "postgres":
-        url = request.getfixturevalue("module_database")
-        reset_postgres(url)
-    s = Stores(request.param, tmp_path, url)
+        url, admin = request.getfixturevalue("module_database")
+        reset_postgres(admin)
+        s = Stores("postgres", tmp_path, url, admin)
+    else:
+        s = Stores("sqlite", tmp_path)
     yield s
     s.close()
 

@@ -18,6 +18,7 @@ from gateway.telemetry import trace_store_postgres
 from gateway.telemetry.trace_store import TraceStoreError
 from gateway.telemetry.trace_store_postgres import MIGRATIONS, PostgresTraceStore
 from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
+from tests.postgres import PostgresCluster
 from tests.test_trace_store_support import (
     DAY,
     MS,
@@ -25,6 +26,7 @@ from tests.test_trace_store_support import (
     S,
     SpanMaker,
     all_traces,
+    reset_postgres,
     stored_span_total,
     summary,
     trace_id_of,
@@ -33,14 +35,31 @@ from tests.test_trace_store_support import (
 Opener = Callable[..., PostgresTraceStore]
 
 
+@pytest.fixture(scope="module")
+def shared_database(pg_cluster: PostgresCluster) -> Iterator[tuple[str, psycopg.Connection]]:
+    """One database for the tests that need no empty one (creating a database costs a
+    second on a busy machine), and a connection to empty its tables with."""
+    url = pg_cluster.create_database("pgstore")
+    with psycopg.connect(url, autocommit=True) as admin:
+        yield url, admin
+
+
 @pytest.fixture
-def open_pg(database_url: str) -> Iterator[Opener]:
-    """Opens stores on this test's (empty) database and closes them afterwards."""
+def trace_db(shared_database: tuple[str, psycopg.Connection]) -> str:
+    """The shared database with its trace tables emptied."""
+    url, admin = shared_database
+    reset_postgres(admin)
+    return url
+
+
+@pytest.fixture
+def open_pg(trace_db: str) -> Iterator[Opener]:
+    """Opens stores on the emptied shared database and closes them afterwards."""
     opened: list[PostgresTraceStore] = []
 
     def open_(replica: str = "r", *, max_spans: int = 100_000, max_age: float = DAY) -> Any:
         store = PostgresTraceStore.open(
-            database_url, max_spans=max_spans, max_age_seconds=max_age, replica=replica
+            trace_db, max_spans=max_spans, max_age_seconds=max_age, replica=replica
         )
         opened.append(store)
         return store
@@ -160,8 +179,11 @@ def test_nul_characters_in_text_columns_do_not_fail_the_batch(open_pg):
 # ---------------------------------------------------------------------------- schema
 
 
-def test_ten_replicas_starting_on_an_empty_database_migrate_once(open_pg, database_url):
-    stores = [open_pg(f"replica-{i}") for i in range(10)]
+def test_ten_replicas_starting_on_an_empty_database_migrate_once(database_url):
+    stores = [
+        PostgresTraceStore.open(database_url, max_spans=100, max_age_seconds=DAY, replica=f"r{i}")
+        for i in range(10)
+    ]
     maker = SpanMaker()
     spans = [maker.span(f"s{i}", start=NOW - S, end=NOW - S + MS) for i in range(10)]
 
@@ -181,6 +203,8 @@ def test_ten_replicas_starting_on_an_empty_database_migrate_once(open_pg, databa
         assert schema_version(conn, "traces") == len(MIGRATIONS)
     stores[0].write(spans)
     assert len(all_traces(stores[1])) == 10
+    for store in stores:
+        store.close()
 
 
 def test_migrate_is_generic_incremental_and_transactional(database_url):
@@ -210,11 +234,15 @@ def test_migrate_is_generic_incremental_and_transactional(database_url):
         assert not conn.info.transaction_status  # idle: nothing left open
 
 
-def test_a_database_migrated_by_a_newer_gateway_is_refused(open_pg, database_url):
+def test_a_database_migrated_by_a_newer_gateway_is_refused(database_url):
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn, "traces", [*MIGRATIONS, "CREATE TABLE aigw_future (x int)"])
-    store = open_pg()
-    with pytest.raises(TraceStoreError, match=r"newer than this gateway") as info:
+    with (
+        PostgresTraceStore.open(
+            database_url, max_spans=100, max_age_seconds=DAY, replica="old"
+        ) as store,
+        pytest.raises(TraceStoreError, match=r"newer than this gateway") as info,
+    ):
         store.list_traces()
     assert not isinstance(info.value, trace_store_postgres.TraceStoreUnavailable)
 

@@ -20,7 +20,16 @@ from gateway.telemetry.trace_store import TraceStoreError, TraceStoreUnavailable
 from gateway.telemetry.trace_store_postgres import PostgresTraceStore
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
 from tests.postgres import PostgresCluster
-from tests.test_trace_store_support import DAY, MS, NOW, S, SpanMaker, all_traces, trace_id_of
+from tests.test_trace_store_support import (
+    DAY,
+    MS,
+    NOW,
+    S,
+    SpanMaker,
+    all_traces,
+    reset_postgres_at,
+    trace_id_of,
+)
 
 # Stopping and starting the server takes a second or two; nothing here may hang for long.
 pytestmark = pytest.mark.timeout(60)
@@ -32,9 +41,23 @@ def open_store(url: str, replica: str = "r") -> PostgresTraceStore:
     return PostgresTraceStore.open(url, max_spans=100_000, max_age_seconds=DAY, replica=replica)
 
 
+@pytest.fixture(scope="module")
+def shared_url(pg_cluster: PostgresCluster) -> str:
+    """One database for this module (creating one costs a second on a busy machine); its
+    trace tables are emptied before each test."""
+    return pg_cluster.create_database("outage")
+
+
 @pytest.fixture
-def store(database_url: str) -> Iterator[PostgresTraceStore]:
-    s = open_store(database_url)
+def trace_db(shared_url: str) -> str:
+    """The module's database with its trace tables emptied."""
+    reset_postgres_at(shared_url)
+    return shared_url
+
+
+@pytest.fixture
+def store(trace_db: str) -> Iterator[PostgresTraceStore]:
+    s = open_store(trace_db)
     yield s
     s.close()
 
@@ -49,15 +72,15 @@ def stopped(pg_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
         pg_cluster.start()
 
 
-def test_open_does_not_need_the_database(pg_cluster, database_url):
+def test_open_does_not_need_the_database(pg_cluster, trace_db):
     pg_cluster.stop()
     try:
-        store = open_store(database_url)  # no connection yet: a gateway starts without it
+        store = open_store(trace_db)  # no connection yet: a gateway starts without it
         with pytest.raises(TraceStoreUnavailable, match=r"connection refused"):
             store.write(SpanMaker().request(start=NOW - S, duration=MS))
     finally:
         pg_cluster.start()
-    # Connects and creates the schema on first use once the database is there.
+    # Connects (and checks the schema) on first use once the database is there.
     store.write(SpanMaker().request(start=NOW - S, duration=MS))
     assert len(all_traces(store)) == 1
     store.close()
@@ -156,11 +179,11 @@ def raised_text(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
-def test_password_never_in_errors_or_logs(pg_cluster, database_url, caplog):
+def test_password_never_in_errors_or_logs(pg_cluster, trace_db, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = "Wr0ng-Passw0rd-xyz"
-    bad_url = database_url.replace(pg_cluster.password, wrong)
-    secrets = (pg_cluster.password, wrong, database_url, bad_url)
+    bad_url = trace_db.replace(pg_cluster.password, wrong)
+    secrets = (pg_cluster.password, wrong, trace_db, bad_url)
     texts: list[str] = []
 
     # Wrong password: the server refuses; a fixed phrase says why, without the user.
@@ -176,7 +199,7 @@ def test_password_never_in_errors_or_logs(pg_cluster, database_url, caplog):
     bad.close()
 
     # Server down, through the processor too (it logs the store's error).
-    good = open_store(database_url)
+    good = open_store(trace_db)
     good.write(SpanMaker().request(start=NOW - S, duration=MS))
     processor = TraceStoreProcessor(good, flush_interval=0.01, shutdown_timeout=0.2)
     provider = TracerProvider(shutdown_on_exit=False)
@@ -194,7 +217,7 @@ def test_password_never_in_errors_or_logs(pg_cluster, database_url, caplog):
     good.close()
 
     # A URL that does not parse: libpq's message would quote the password.
-    unparsable = database_url.replace(pg_cluster.password, "pa%zz" + quote(pg_cluster.password))
+    unparsable = trace_db.replace(pg_cluster.password, "pa%zz" + quote(pg_cluster.password))
     with pytest.raises(TraceStoreError, match="cannot be parsed") as info:
         open_store(unparsable)
     texts.append(raised_text(info.value))

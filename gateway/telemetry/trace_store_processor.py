@@ -209,8 +209,10 @@ class TraceStoreProcessor(SpanProcessor):
                 self._drain_deadline = time.monotonic() + self._shutdown_timeout
                 self._work.notify()
         if threading.current_thread() is not self._thread:
-            # The drain deadline bounds the queue; the extra second bounds a write that was
-            # already in progress (SQLite's busy timeout caps how long it can wait on a lock).
+            # The drain deadline bounds the queue and the retries; the extra second is for a
+            # write already in progress (SQLite's busy timeout caps its wait on a lock; one to
+            # a database that stopped answering mid-statement can outlast it, and is left to
+            # its own timeouts on this daemon thread).
             self._thread.join(self._shutdown_timeout + 1.0)
             if self._thread.is_alive():
                 _log.warning(
