@@ -316,8 +316,8 @@ class PostgresTraceStore:
         self._closed = False
         self._written = 0
         self._evicted = 0
-        # Monotonic time of this replica's last retention attempt; 0 makes the first write try.
-        self._last_retention_ns = 0
+        # Monotonic time of this replica's last retention attempt; None: the first write tries.
+        self._last_retention_ns: int | None = None
         self._last_retention_error = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -438,7 +438,8 @@ class PostgresTraceStore:
             self._run(self._writer, "write", store)
             self._written += len(spans)
             now = time.monotonic_ns()
-            if now - self._last_retention_ns >= _RETENTION_INTERVAL_NS:
+            last = self._last_retention_ns
+            if last is None or now - last >= _RETENTION_INTERVAL_NS:
                 self._last_retention_ns = now
                 self._retain_after_write()
         return len(spans)
