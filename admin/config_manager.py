@@ -24,12 +24,12 @@ from dataclasses import replace
 from aigw.v1 import otel_config_pb2
 
 from admin.config_store import Action, ConfigStore, ConfigStoreError, ConfigStoreUnavailable
-from admin.otel_config import InvalidConfig
+from admin.otel_config import MASK, InvalidConfig
 from admin.otel_env import from_environment
 from admin.otel_proto import merge, section_from_proto
 from gateway.telemetry.control import TelemetryControl
 from gateway.telemetry.export_outcome import ExportOutcome
-from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
+from gateway.telemetry.export_settings import ExporterSettings, OtelSettings, mask_query
 
 __all__ = ["OtelConfigManager", "StaleVersion", "TestResult", "UnknownVersion"]
 
@@ -240,10 +240,23 @@ class OtelConfigManager:
 
 
 def _describe(s: ExporterSettings) -> str:
+    """One section for a log line: never a secret (query values masked, the TLS key unnamed)."""
     if not s.enabled:
         return "off"
     encoding = f"/{s.encoding}" if s.protocol == "http" else ""
-    return f"{s.protocol}{encoding} → {s.endpoint}"
+    tls = []
+    if s.tls.ca_pem:
+        tls.append("private CA")
+    if s.tls.client_cert_pem:
+        tls.append("client certificate")
+    if s.tls.server_name:
+        tls.append(f"server name {s.tls.server_name}")
+    if s.tls.min_version != "1.2":
+        tls.append(f"TLS >= {s.tls.min_version}")
+    if s.tls.insecure_skip_verify:
+        tls.append("certificate NOT verified")
+    extra = f" ({', '.join(tls)})" if tls else ""
+    return f"{s.protocol}{encoding} → {mask_query(s.endpoint, MASK)}{extra}"
 
 
 def _test_export(

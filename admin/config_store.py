@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
+from admin.otel_config import MASK
+from gateway.telemetry.export_settings import (
+    ExporterSettings,
+    OtelSettings,
+    TlsSettings,
+    mask_query,
+    query_values,
+)
 
 __all__ = [
     "ConfigStore",
@@ -33,6 +40,7 @@ __all__ = [
     "Update",
     "decode_section",
     "encode_section",
+    "section_secrets",
 ]
 
 Action = Literal["set", "rollback", "seed"]
@@ -130,19 +138,58 @@ _FIELDS = (
     "export_interval",
     "temporality",
 )
+_TLS_FIELDS = (
+    "ca_pem",
+    "client_cert_pem",
+    "client_key_pem",
+    "server_name",
+    "min_version",
+    "insecure_skip_verify",
+)
 
 
 def encode_section(s: ExporterSettings, *, with_values: bool = True) -> dict[str, Any]:
-    """`with_values=False` keeps header names only (the secrets travel apart, encrypted)."""
+    """`with_values=False` keeps no secret: header names only, the endpoint's query values
+    masked, no TLS key (the secrets travel apart, encrypted: `section_secrets`)."""
     doc: dict[str, Any] = {name: getattr(s, name) for name in _FIELDS}
     doc["headers"] = [[k, v if with_values else ""] for k, v in s.headers]
+    if not with_values:
+        doc["endpoint"] = mask_query(s.endpoint, MASK)
+    if s.tls.configured:
+        tls = {name: getattr(s.tls, name) for name in _TLS_FIELDS}
+        if not with_values:
+            tls["client_key_pem"] = ""
+        doc["tls"] = tls
     return doc
 
 
-def decode_section(doc: dict[str, Any], values: dict[str, str] | None = None) -> ExporterSettings:
-    """The settings `doc` holds; `values` (name → secret) fill in headers stored apart."""
+def section_secrets(s: ExporterSettings) -> dict[str, str]:
+    """What `encode_section(with_values=False)` leaves out besides header values: the endpoint
+    when its query holds values, the TLS key when there is one."""
+    secrets = {}
+    if query_values(s.endpoint):
+        secrets["endpoint"] = s.endpoint
+    if s.tls.client_key_pem:
+        secrets["client_key_pem"] = s.tls.client_key_pem
+    return secrets
+
+
+def decode_section(
+    doc: dict[str, Any],
+    values: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+) -> ExporterSettings:
+    """The settings `doc` holds; `values` (name → secret) fill in headers stored apart, and
+    `secrets` (`section_secrets`) the endpoint and TLS key."""
     data = {k: doc[k] for k in _FIELDS if k in doc}
     headers = [(str(k), str(v)) for k, v in doc.get("headers", [])]
     if values is not None:
         headers = [(k, values.get(k, "")) for k, _ in headers]
-    return ExporterSettings(**data, headers=tuple(headers))
+    tls_doc = doc.get("tls") or {}
+    tls = {k: tls_doc[k] for k in _TLS_FIELDS if k in tls_doc}
+    if secrets:
+        if "endpoint" in secrets:
+            data["endpoint"] = secrets["endpoint"]
+        if "client_key_pem" in secrets:
+            tls["client_key_pem"] = secrets["client_key_pem"]
+    return ExporterSettings(**data, headers=tuple(headers), tls=TlsSettings(**tls))

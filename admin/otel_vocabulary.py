@@ -4,6 +4,8 @@ The values are the `Literal` types of `gateway/telemetry/export_settings.py`; ea
 proto enum value named `<ENUM>_<VALUE>` (`"grpc"` ↔ `PROTOCOL_GRPC`), and `<ENUM>_UNSPECIFIED`
 means the setting's default. A new value is added to its `Literal` type and to the proto enum;
 both tables below follow (a `Literal` value without its proto enum value fails at import).
+The TLS settings' one enumerated setting, `tls.min_version`, is `TLS_VOCABULARY`: its values
+have dots ("1.2"), its enum values underscores (`TLS_VERSION_1_2`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from gateway.telemetry.export_settings import (
     ExporterSettings,
     Protocol,
     Temporality,
+    TlsSettings,
+    TlsVersion,
 )
 
-__all__ = ["LITERALS", "VOCABULARY", "Vocabulary"]
+__all__ = ["LITERALS", "TLS_VOCABULARY", "VOCABULARY", "Vocabulary"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,15 @@ class Vocabulary:
         return self.to_proto.get(literal, self.to_proto[self.default])
 
 
-def _vocabulary(field: str, literal_type: Any, enum: Any) -> Vocabulary:
-    prefix = enum.DESCRIPTOR.name.upper()
+def _vocabulary(
+    field: str, literal_type: Any, enum: Any, *, prefix: str = "", defaults: object = None
+) -> Vocabulary:
+    prefix = prefix or enum.DESCRIPTOR.name.upper()
     literals: tuple[str, ...] = get_args(literal_type)
-    to_proto = {literal: enum.Value(f"{prefix}_{literal.upper()}") for literal in literals}
-    default = getattr(ExporterSettings(), field)
+    to_proto = {
+        literal: enum.Value(f"{prefix}_{literal.upper().replace('.', '_')}") for literal in literals
+    }
+    default = getattr(defaults or ExporterSettings(), field)
     from_proto = {enum.Value(f"{prefix}_UNSPECIFIED"): default}
     from_proto.update({number: literal for literal, number in to_proto.items()})
     return Vocabulary(enum, literals, default, to_proto, from_proto)
@@ -64,3 +72,11 @@ VOCABULARY: Mapping[str, Vocabulary] = {
 }
 
 LITERALS: Mapping[str, tuple[str, ...]] = {f: v.literals for f, v in VOCABULARY.items()}
+
+TLS_VOCABULARY: Vocabulary = _vocabulary(
+    "min_version",
+    TlsVersion,
+    otel_config_pb2.TlsVersion,
+    prefix="TLS_VERSION",
+    defaults=TlsSettings(),
+)

@@ -30,7 +30,13 @@ One message shape:
 
 * no answer: ``<what happened> (<host:port>)`` — ``connection refused (127.0.0.1:4318)``,
   ``timed out (collector:4317)``, ``certificate verify failed: self-signed certificate
-  (collector:443)``; an unrecognised error is ``<ExceptionType>: <its text> (<host:port>)``;
+  (collector:443)``; an unrecognised error is ``<ExceptionType>: <its text> (<host:port>)``.
+  TLS failures keep the verifier's words (``certificate verify failed: unable to get local
+  issuer certificate``, ``… certificate has expired``, ``… IP address mismatch, certificate is
+  not valid for '10.0.0.7'`` — gRPC, which checks names itself: ``… hostname mismatch``); a
+  server that drops the connection as TLS starts (a client certificate required, or ours
+  refused) is ``TLS connection closed by the server (does it require a client certificate …)``
+  or, where the alert arrives, ``TLS handshake failed: tlsv13 alert certificate required``;
 * an answer: the backend's own words — the ``message`` of a ``google.rpc.Status`` body, a JSON
   ``message``, plain text or HTML, or gRPC details; the status line (``401 Unauthorized``) when
   the body says nothing. A *success* body is never kept: it is not an error message, and
@@ -298,6 +304,11 @@ def reason_for_grpc_code(code: grpc.StatusCode) -> str:
     return "" if code is grpc.StatusCode.OK else f"grpc_{code.name.lower()}"
 
 
+_CLOSED_IN_HANDSHAKE: Final[str] = (
+    "TLS connection closed by the server (does it require a client certificate, or not "
+    "accept ours?)"
+)
+
 _GRPC_TLS_WORDS: Final[re.Pattern[str]] = re.compile(r"OPENSSL_internal:([A-Z_]+)(?::\s*(.*))?")
 
 
@@ -316,8 +327,11 @@ def _grpc_tls_phrase(details: str) -> str:
     return f"TLS handshake failed: {words}"
 
 
-def _grpc_transport_failure(code: grpc.StatusCode, details: str) -> tuple[str, str] | None:
-    """(reason, phrase) when gRPC core, not the backend, produced the status."""
+def _grpc_transport_failure(
+    code: grpc.StatusCode, details: str, tls: bool
+) -> tuple[str, str] | None:
+    """(reason, phrase) when gRPC core, not the backend, produced the status; `tls`: the
+    channel was a TLS one."""
     low = details.lower()
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return "timeout", "timed out"
@@ -328,6 +342,15 @@ def _grpc_transport_failure(code: grpc.StatusCode, details: str) -> tuple[str, s
     if "failed to connect" in low:
         if "handshake failed" in low or "ssl_error" in low or "tsi_" in low:
             return "tls", _grpc_tls_phrase(details)
+        if "hostname verification" in low:
+            # gRPC checks the name itself, after BoringSSL verified the chain.
+            return "tls", "certificate verify failed: hostname mismatch"
+        if "verification check failed" in low:
+            return "tls", "certificate verify failed"
+        if tls and "socket closed" in low:
+            # TLS 1.3: the server checks our certificate after we think the handshake is done,
+            # and gRPC core only sees the connection close.
+            return "tls", _CLOSED_IN_HANDSHAKE
         if "connection refused" in low:
             return "connection_refused", "connection refused"
         if "no route to host" in low or "host is unreachable" in low:
@@ -346,13 +369,14 @@ def outcome_from_grpc(
     *,
     address: str = "",
     secrets: Iterable[str] = (),
+    tls: bool = False,
 ) -> ExportOutcome:
     """Outcome of a finished gRPC call: transport failures read as they do over HTTP, a status
-    the backend answered is ``grpc_<code>`` with its details."""
+    the backend answered is ``grpc_<code>`` with its details. `tls`: over a TLS channel."""
     if code is grpc.StatusCode.OK:
         return ExportOutcome(success=True, grpc_code=code.name)
     details = details or ""
-    transport = _grpc_transport_failure(code, details)
+    transport = _grpc_transport_failure(code, details, tls)
     if transport is not None:
         reason, text = transport[0], _at(transport[1], address)
     else:
@@ -396,6 +420,8 @@ def _constant(phrase: str) -> Callable[[BaseException], str]:
 def _ssl_words(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLEOFError):
+        return _CLOSED_IN_HANDSHAKE
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason:
         return f"TLS handshake failed: {reason.lower().replace('_', ' ')}"

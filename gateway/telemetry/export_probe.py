@@ -50,7 +50,7 @@ def probe_export(
         outcome = outcome_from_exception(
             e,
             address=endpoint_address(settings.endpoint),
-            secrets=[v for _, v in settings.headers],
+            secrets=settings.secrets,
         )
     return outcome, time.perf_counter() - started
 

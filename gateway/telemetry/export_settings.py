@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import unquote_plus, urlsplit
 
 __all__ = [
     "DEFAULT_EXPORT_INTERVAL",
     "DEFAULT_TIMEOUT",
     "ExporterSettings",
     "OtelSettings",
+    "TlsSettings",
+    "mask_query",
+    "query_values",
 ]
 
 DEFAULT_TIMEOUT = 5.0
@@ -26,6 +30,91 @@ Protocol = Literal["http", "grpc"]
 Encoding = Literal["proto", "json"]
 Compression = Literal["none", "gzip"]
 Temporality = Literal["cumulative", "delta"]
+TlsVersion = Literal["1.2", "1.3"]
+
+_PEM_BEGIN = "-----BEGIN"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS towards an https:// endpoint (the OpenTelemetry Collector's configtls, inline PEM).
+
+    `client_key_pem` is a secret, like a header value: never in `repr`, masked by the API,
+    sealed at rest in a shared store.
+    """
+
+    # PEM CA certificate(s): the only roots trusted; "" means the default roots (certifi's).
+    ca_pem: str = ""
+    # PEM client certificate chain and its unencrypted PEM private key, for mTLS.
+    client_cert_pem: str = ""
+    client_key_pem: str = ""
+    # The name the backend's certificate must be valid for (and the SNI); "" means the host.
+    server_name: str = ""
+    min_version: TlsVersion = "1.2"
+    insecure_skip_verify: bool = False
+
+    @property
+    def configured(self) -> bool:
+        """Anything other than the defaults."""
+        return self != TlsSettings()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be logged: the key's base64 body, line by line (the PEM armour
+        lines are not secret, and redacting "-----BEGIN" everywhere would shred certificates)."""
+        return tuple(
+            line.strip()
+            for line in self.client_key_pem.splitlines()
+            if line.strip() and not line.strip().startswith(("-----", "Proc-Type", "DEK-Info"))
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TlsSettings(ca_pem={_pem_count(self.ca_pem)}, "
+            f"client_cert_pem={_pem_count(self.client_cert_pem)}, "
+            f"client_key_pem={'set' if self.client_key_pem else 'unset'}, "
+            f"server_name={self.server_name!r}, min_version={self.min_version!r}, "
+            f"insecure_skip_verify={self.insecure_skip_verify})"
+        )
+
+
+def _pem_count(pem: str) -> str:
+    n = pem.count(_PEM_BEGIN)
+    return f"{n} PEM block{'s' if n != 1 else ''}"
+
+
+def _split_query(endpoint: str) -> tuple[str, list[str], str]:
+    """(what precedes "?", the query's NAME=VALUE pairs as written, "#fragment" or "")."""
+    rest, hash_, fragment = endpoint.partition("#")
+    base, question, query = rest.partition("?")
+    return base, query.split("&") if question else [], hash_ + fragment
+
+
+def mask_query(endpoint: str, mask: str) -> str:
+    """`endpoint` with every non-empty query value replaced by `mask` (`?api_key=********`)."""
+    base, pairs, fragment = _split_query(endpoint)
+    if not pairs:
+        return endpoint
+    masked = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        masked.append(f"{name}={mask}" if sep and value else pair)
+    return f"{base}?{'&'.join(masked)}{fragment}"
+
+
+def query_values(endpoint: str) -> tuple[str, ...]:
+    """The values in `endpoint`'s query string, raw and decoded: secrets like header values
+    (`?api_key=…`)."""
+    try:
+        query = urlsplit(endpoint).query
+    except ValueError:
+        return ()
+    values: list[str] = []
+    for pair in query.split("&"):
+        _, sep, value = pair.partition("=")
+        if sep and value:
+            values += [value, unquote_plus(value)]
+    return tuple(dict.fromkeys(values))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,19 +133,33 @@ class ExporterSettings:
     # Metrics only.
     export_interval: float = DEFAULT_EXPORT_INTERVAL
     temporality: Temporality = "cumulative"
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def header_dict(self) -> dict[str, str]:
         return dict(self.headers)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret this exporter holds, for redaction: header values, the endpoint's query
+        values and the TLS private key."""
+        return (
+            *(v for _, v in self.headers if v),
+            *query_values(self.endpoint),
+            *self.tls.secrets,
+        )
+
     def __repr__(self) -> str:
-        # Header values are secrets: a stray log of this object must not print them.
+        # Header values, query values and the private key are secrets: a stray log of this
+        # object must not print them.
         names = ", ".join(name for name, _ in self.headers)
+        endpoint = self.endpoint.split("?", 1)[0] + ("?…" if "?" in self.endpoint else "")
         return (
             f"ExporterSettings(enabled={self.enabled}, protocol={self.protocol!r}, "
-            f"endpoint={self.endpoint!r}, encoding={self.encoding!r}, headers=[{names}], "
+            f"endpoint={endpoint!r}, encoding={self.encoding!r}, headers=[{names}], "
             f"timeout={self.timeout}, compression={self.compression!r}, "
-            f"export_interval={self.export_interval}, temporality={self.temporality!r})"
+            f"export_interval={self.export_interval}, temporality={self.temporality!r}, "
+            f"tls={self.tls!r})"
         )
 
 

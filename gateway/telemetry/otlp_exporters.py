@@ -23,12 +23,17 @@ are demoted to DEBUG: failures are logged once per state change (`export_stats`)
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
 import grpc
 import requests
+import urllib3.exceptions
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetricExporter,
 )
@@ -45,6 +50,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from gateway.redaction import REDACTOR
 from gateway.telemetry.export_outcome import (
     ExportOutcome,
     demote_to_debug,
@@ -53,11 +59,20 @@ from gateway.telemetry.export_outcome import (
     outcome_from_grpc,
     outcome_from_response,
 )
-from gateway.telemetry.export_settings import ExporterSettings
+from gateway.telemetry.export_settings import ExporterSettings, TlsSettings
+from gateway.telemetry.export_tls import (
+    TlsAdapter,
+    grpc_channel_options,
+    grpc_credentials,
+    ssl_context,
+)
 from gateway.telemetry.metric_export import temporality_preference
 from gateway.telemetry.otlp_json import OTLPJsonMetricExporter, OTLPJsonSpanExporter
 
 __all__ = ["build_metric_exporter", "build_span_exporter"]
+
+_log = logging.getLogger(__name__)
+_owners = itertools.count()
 
 
 # The official exporters' loggers (their HTTP client logs through the exporter's logger).
@@ -87,8 +102,12 @@ class _Stop(Exception):
 class _RecordingSession(requests.Session):
     """Keeps the outcome of the last request made on this thread (see the module docstring)."""
 
-    def __init__(self, secrets: tuple[str, ...], *, single_attempt: bool = False) -> None:
+    def __init__(
+        self, secrets: tuple[str, ...], tls: TlsSettings, *, single_attempt: bool = False
+    ) -> None:
         super().__init__()
+        # All TLS decisions are the adapter's: see `export_tls.TlsAdapter`.
+        self.mount("https://", TlsAdapter(tls))
         self._secrets = secrets
         self._single_attempt = single_attempt
         self._attempted = False
@@ -118,9 +137,10 @@ class _RecordingSession(requests.Session):
 
 
 class _StatusRecorder(grpc.UnaryUnaryClientInterceptor):
-    def __init__(self, secrets: tuple[str, ...], address: str) -> None:
+    def __init__(self, secrets: tuple[str, ...], address: str, *, tls: bool) -> None:
         self._secrets = secrets
         self._address = address
+        self._tls = tls
         self._last = threading.local()
 
     def intercept_unary_unary(
@@ -128,7 +148,11 @@ class _StatusRecorder(grpc.UnaryUnaryClientInterceptor):
     ) -> Any:
         call = continuation(client_call_details, request)
         self._last.outcome = outcome_from_grpc(
-            call.code(), call.details() or "", address=self._address, secrets=self._secrets
+            call.code(),
+            call.details() or "",
+            address=self._address,
+            secrets=self._secrets,
+            tls=self._tls,
         )
         return call
 
@@ -190,12 +214,45 @@ def _build(
     single_attempt: bool,
     **extra: Any,
 ) -> Any:
-    headers = settings.header_dict
-    secrets = tuple(v for v in headers.values() if v)
+    secrets = settings.secrets
+    # Registered before anything is built (a library's error while building must not log
+    # them), and for as long as the exporter lives.
+    owner = f"otlp-exporter-{next(_owners)}"
+    REDACTOR.set_secrets(owner, secrets)
+    try:
+        exporter = _build_exporter(
+            settings, secrets, grpc_cls, json_cls, http_cls, single_attempt, extra
+        )
+    except BaseException:
+        REDACTOR.set_secrets(owner, ())
+        raise
+    weakref.finalize(exporter, REDACTOR.set_secrets, owner, ())
+    if settings.tls.insecure_skip_verify:
+        # urllib3 would warn on every request; the one WARNING below (and Get) says it once.
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        if not single_attempt:
+            _log.warning(
+                "OTLP export to %s does NOT verify the backend's certificate "
+                "(tls.insecure_skip_verify): anyone on the path can read and change it",
+                endpoint_address(settings.endpoint),
+            )
+    return exporter
+
+
+def _build_exporter(
+    settings: ExporterSettings,
+    secrets: tuple[str, ...],
+    grpc_cls: type,
+    json_cls: type,
+    http_cls: type,
+    single_attempt: bool,
+    extra: dict[str, Any],
+) -> Any:
     gzip = settings.compression == "gzip"
+    tls = settings.tls
     common = {
         "endpoint": settings.endpoint,
-        "headers": headers,
+        "headers": settings.header_dict,
         "timeout": settings.timeout,
         **extra,
     }
@@ -203,13 +260,29 @@ def _build(
         compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
         if single_attempt:
             common["retryable_error_codes"] = _NOTHING_RETRYABLE
-        recorder = _StatusRecorder(secrets, endpoint_address(settings.endpoint))
+        https = settings.endpoint.lower().startswith("https://")
+        recorder = _StatusRecorder(secrets, endpoint_address(settings.endpoint), tls=https)
+        # The scheme decides, not OTEL_EXPORTER_OTLP_INSECURE; the credentials are ours, not
+        # those the official exporter would build from OTEL_EXPORTER_OTLP_CERTIFICATE.
+        if https:
+            common["insecure"] = False
+            common["credentials"] = grpc_credentials(tls)
+            common["channel_options"] = grpc_channel_options(tls) or None
+        else:
+            common["insecure"] = True
         return grpc_cls(recorder=recorder, compression=compression, **common)
     if settings.encoding == "json":
         attempts = 1 if single_attempt else None
-        return json_cls(compression=settings.compression, max_attempts=attempts, **common)
+        return json_cls(
+            compression=settings.compression,
+            max_attempts=attempts,
+            ssl_context=ssl_context(tls),
+            server_name=tls.server_name,
+            secrets=secrets,
+            **common,
+        )
     compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
-    session = _RecordingSession(secrets, single_attempt=single_attempt)
+    session = _RecordingSession(secrets, tls, single_attempt=single_attempt)
     return http_cls(session=session, compression=compression, **common)
 
 

@@ -34,6 +34,10 @@ backoff (``Retry-After`` seconds or HTTP-date take precedence) within a single t
 the SDK hands them, even an empty batch — exactly like the official exporters — so
 `last_outcome` always reflects a real round trip to the backend.
 
+TLS is the SSLContext they are given (`export_tls.ssl_context`: the section's CA, client
+certificate and minimum version, never SSL_CERT_FILE), and `server_name` overrides the name
+the backend's certificate is verified for (httpcore's ``sni_hostname``).
+
 They log nothing per export: failures are logged once per state change by whoever counts
 them (`export_stats`), and httpx's own INFO line for each request our client makes is demoted
 to DEBUG (other httpx clients in the process keep theirs).
@@ -49,6 +53,7 @@ import json
 import logging
 import math
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -246,6 +251,9 @@ class _JsonPoster:
         timeout: float,
         compression: Compression,
         max_attempts: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str = "",
+        secrets: tuple[str, ...] = (),
     ) -> None:
         url = httpx.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
@@ -275,7 +283,9 @@ class _JsonPoster:
         self._secrets: tuple[str, ...] = (
             *headers.values(),
             *(p for p in (url.username, url.password) if p),
+            *secrets,
         )
+        self._extensions = {"sni_hostname": server_name} if server_name else None
         self._shutdown = threading.Event()
         # The client is closed by whoever is last: shutdown() when idle, otherwise the attempt
         # in flight when it ends — closing under a live request would turn its real answer
@@ -285,7 +295,10 @@ class _JsonPoster:
         self._closed = False
         # Redirects are never followed: a redirect would re-send our headers (credentials)
         # to wherever the backend points, and a telemetry endpoint has no business redirecting.
-        self._client = httpx.Client(follow_redirects=False)
+        # An SSLContext given is used as is: httpx then reads no SSL_CERT_FILE / SSL_CERT_DIR.
+        self._client = httpx.Client(
+            follow_redirects=False, verify=ssl_context if ssl_context is not None else True
+        )
 
     @property
     def is_shutdown(self) -> bool:
@@ -358,7 +371,11 @@ class _JsonPoster:
             token = _OUR_REQUEST.set(True)
             try:
                 return self._client.post(
-                    self._url, content=body, headers=self._headers, timeout=timeout
+                    self._url,
+                    content=body,
+                    headers=self._headers,
+                    timeout=timeout,
+                    extensions=self._extensions,
                 )
             finally:
                 _OUR_REQUEST.reset(token)
@@ -423,6 +440,9 @@ class OTLPJsonSpanExporter(SpanExporter):
         timeout: float = 10.0,
         compression: Compression = "none",
         max_attempts: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str = "",
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self._poster = _JsonPoster(
             signal="traces",
@@ -431,6 +451,9 @@ class OTLPJsonSpanExporter(SpanExporter):
             timeout=timeout,
             compression=compression,
             max_attempts=max_attempts,
+            ssl_context=ssl_context,
+            server_name=server_name,
+            secrets=secrets,
         )
         self.last_outcome: ExportOutcome | None = None
 
@@ -463,6 +486,9 @@ class OTLPJsonMetricExporter(MetricExporter):
         preferred_temporality: dict[type, AggregationTemporality] | None = None,
         preferred_aggregation: dict[type, Aggregation] | None = None,
         max_attempts: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str = "",
+        secrets: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             preferred_temporality=preferred_temporality,
@@ -475,6 +501,9 @@ class OTLPJsonMetricExporter(MetricExporter):
             timeout=timeout,
             compression=compression,
             max_attempts=max_attempts,
+            ssl_context=ssl_context,
+            server_name=server_name,
+            secrets=secrets,
         )
         self.last_outcome: ExportOutcome | None = None
 

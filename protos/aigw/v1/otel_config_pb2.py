@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61igw/v1/otel_config.proto\x12\x07\x61igw.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\nOtelConfig\x12,\n\x06traces\x18\x01 \x01(\x0b\x32\x17.aigw.v1.ExporterConfigH\x00\x88\x01\x01\x12-\n\x07metrics\x18\x02 \x01(\x0b\x32\x17.aigw.v1.ExporterConfigH\x01\x88\x01\x01\x42\t\n\x07_tracesB\n\n\x08_metrics\"\x9a\x03\n\x0e\x45xporterConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12#\n\x08protocol\x18\x02 \x01(\x0e\x32\x11.aigw.v1.Protocol\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12#\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x11.aigw.v1.Encoding\x12\x35\n\x07headers\x18\x05 \x03(\x0b\x32$.aigw.v1.ExporterConfig.HeadersEntry\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x14.aigw.v1.Compression\x12\x32\n\x0f\x65xport_interval\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x0btemporality\x18\t \x01(\x0e\x32\x14.aigw.v1.Temporality\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc3\x01\n\x0e\x45xporterHealth\x12\x35\n\x11last_success_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_error_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08\x65xported\x18\x04 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\"_\n\nOtelHealth\x12\'\n\x06traces\x18\x01 \x01(\x0b\x32\x17.aigw.v1.ExporterHealth\x12(\n\x07metrics\x18\x02 \x01(\x0b\x32\x17.aigw.v1.ExporterHealth*J\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x11\n\rPROTOCOL_GRPC\x10\x02*K\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45NCODING_PROTO\x10\x01\x12\x11\n\rENCODING_JSON\x10\x02*V\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_GZIP\x10\x02*]\n\x0bTemporality\x12\x1b\n\x17TEMPORALITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16TEMPORALITY_CUMULATIVE\x10\x01\x12\x15\n\x11TEMPORALITY_DELTA\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61igw/v1/otel_config.proto\x12\x07\x61igw.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\nOtelConfig\x12,\n\x06traces\x18\x01 \x01(\x0b\x32\x17.aigw.v1.ExporterConfigH\x00\x88\x01\x01\x12-\n\x07metrics\x18\x02 \x01(\x0b\x32\x17.aigw.v1.ExporterConfigH\x01\x88\x01\x01\x42\t\n\x07_tracesB\n\n\x08_metrics\"\xcd\x03\n\x0e\x45xporterConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12#\n\x08protocol\x18\x02 \x01(\x0e\x32\x11.aigw.v1.Protocol\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12#\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x11.aigw.v1.Encoding\x12\x35\n\x07headers\x18\x05 \x03(\x0b\x32$.aigw.v1.ExporterConfig.HeadersEntry\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x14.aigw.v1.Compression\x12\x32\n\x0f\x65xport_interval\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x0btemporality\x18\t \x01(\x0e\x32\x14.aigw.v1.Temporality\x12\x1f\n\x03tls\x18\n \x01(\x0b\x32\x12.aigw.v1.TlsConfig\x12\x10\n\x08warnings\x18\x0b \x03(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\tTlsConfig\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\t\x12\x17\n\x0f\x63lient_cert_pem\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_key_pem\x18\x03 \x01(\t\x12\x13\n\x0bserver_name\x18\x04 \x01(\t\x12(\n\x0bmin_version\x18\x05 \x01(\x0e\x32\x13.aigw.v1.TlsVersion\x12\x1c\n\x14insecure_skip_verify\x18\x06 \x01(\x08\"\xc3\x01\n\x0e\x45xporterHealth\x12\x35\n\x11last_success_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_error_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08\x65xported\x18\x04 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\"_\n\nOtelHealth\x12\'\n\x06traces\x18\x01 \x01(\x0b\x32\x17.aigw.v1.ExporterHealth\x12(\n\x07metrics\x18\x02 \x01(\x0b\x32\x17.aigw.v1.ExporterHealth*J\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n\rPROTOCOL_HTTP\x10\x01\x12\x11\n\rPROTOCOL_GRPC\x10\x02*K\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45NCODING_PROTO\x10\x01\x12\x11\n\rENCODING_JSON\x10\x02*V\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_GZIP\x10\x02*S\n\nTlsVersion\x12\x1b\n\x17TLS_VERSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fTLS_VERSION_1_2\x10\x01\x12\x13\n\x0fTLS_VERSION_1_3\x10\x02*]\n\x0bTemporality\x12\x1b\n\x17TEMPORALITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16TEMPORALITY_CUMULATIVE\x10\x01\x12\x15\n\x11TEMPORALITY_DELTA\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXPORTERCONFIG_HEADERSENTRY']._loaded_options = None
   _globals['_EXPORTERCONFIG_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOL']._serialized_start=942
-  _globals['_PROTOCOL']._serialized_end=1016
-  _globals['_ENCODING']._serialized_start=1018
-  _globals['_ENCODING']._serialized_end=1093
-  _globals['_COMPRESSION']._serialized_start=1095
-  _globals['_COMPRESSION']._serialized_end=1181
-  _globals['_TEMPORALITY']._serialized_start=1183
-  _globals['_TEMPORALITY']._serialized_end=1276
+  _globals['_PROTOCOL']._serialized_start=1165
+  _globals['_PROTOCOL']._serialized_end=1239
+  _globals['_ENCODING']._serialized_start=1241
+  _globals['_ENCODING']._serialized_end=1316
+  _globals['_COMPRESSION']._serialized_start=1318
+  _globals['_COMPRESSION']._serialized_end=1404
+  _globals['_TLSVERSION']._serialized_start=1406
+  _globals['_TLSVERSION']._serialized_end=1489
+  _globals['_TEMPORALITY']._serialized_start=1491
+  _globals['_TEMPORALITY']._serialized_end=1584
   _globals['_OTELCONFIG']._serialized_start=104
   _globals['_OTELCONFIG']._serialized_end=232
   _globals['_EXPORTERCONFIG']._serialized_start=235
-  _globals['_EXPORTERCONFIG']._serialized_end=645
-  _globals['_EXPORTERCONFIG_HEADERSENTRY']._serialized_start=599
-  _globals['_EXPORTERCONFIG_HEADERSENTRY']._serialized_end=645
-  _globals['_EXPORTERHEALTH']._serialized_start=648
-  _globals['_EXPORTERHEALTH']._serialized_end=843
-  _globals['_OTELHEALTH']._serialized_start=845
-  _globals['_OTELHEALTH']._serialized_end=940
+  _globals['_EXPORTERCONFIG']._serialized_end=696
+  _globals['_EXPORTERCONFIG_HEADERSENTRY']._serialized_start=650
+  _globals['_EXPORTERCONFIG_HEADERSENTRY']._serialized_end=696
+  _globals['_TLSCONFIG']._serialized_start=699
+  _globals['_TLSCONFIG']._serialized_end=868
+  _globals['_EXPORTERHEALTH']._serialized_start=871
+  _globals['_EXPORTERHEALTH']._serialized_end=1066
+  _globals['_OTELHEALTH']._serialized_start=1068
+  _globals['_OTELHEALTH']._serialized_end=1163
 # @@protoc_insertion_point(module_scope)
