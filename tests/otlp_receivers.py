@@ -16,7 +16,7 @@ next N requests only and then fall back to the standing mode — "503 once, then
 ``rx.respond_with(503, times=1)``. ``respond_ok(delay=s)`` is a slow backend: it holds each
 request `s` seconds before it accepts it (``requests`` shows it only once answered).
 ``refusing_endpoint()`` / ``closed_port_url()`` give a URL where connections are refused;
-``HttpOtlpReceiver(port=N)`` listens on a given port (a backend coming back where it was).
+``port=N`` makes either receiver listen on a given port (a backend coming back where it was).
 
 Accessors (both): ``requests`` (every record, in arrival order, with what was answered),
 ``wait_for_requests(n, timeout)``, ``spans()`` → [(trace id hex, span id hex, name)],
@@ -825,8 +825,10 @@ class GrpcOtlpReceiver:
     See the module docstring for modes and accessors.
     """
 
-    def __init__(self, *, max_workers: int = 16) -> None:
+    def __init__(self, *, max_workers: int = 16, port: int = 0) -> None:
+        """`port`: 0 for an ephemeral one, or a given port (a backend that comes back there)."""
         self._max_workers = max_workers
+        self._requested_port = port
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._port = 0
@@ -852,9 +854,9 @@ class GrpcOtlpReceiver:
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
             _MetricsServicer(self), server
         )
-        self._port = server.add_insecure_port("127.0.0.1:0")
+        self._port = server.add_insecure_port(f"127.0.0.1:{self._requested_port}")
         if not self._port:
-            raise RuntimeError("could not bind 127.0.0.1:0")
+            raise RuntimeError(f"could not bind 127.0.0.1:{self._requested_port}")
         server.start()
         self._server = server
         return self
