@@ -25,10 +25,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -41,7 +41,6 @@ from admin.config_store import (
     Update,
     decode_section,
     encode_section,
-    section_secrets,
 )
 from admin.config_store_file import FileConfigStore
 from admin.secret_box import SecretBox, SecretBoxError
@@ -82,6 +81,8 @@ MIGRATIONS = (
     );
     """,
 )
+
+_T = TypeVar("_T")
 
 _COLUMNS = "version, applied_at, author, action, restored_version, config, secrets"
 
@@ -139,22 +140,32 @@ class PostgresConfigStore:
             self._migrated = True
         return conn
 
-    @contextmanager
-    def _session(self) -> Iterator[psycopg.Connection]:
-        """The command connection, (re)opened as needed; database errors become store errors."""
+    def _run(self, work: Callable[[psycopg.Connection], _T], *, retry: bool = True) -> _T:
+        """`work` on the command connection, (re)opened as needed; database errors become
+        store errors. A connection found broken (the database restarted since it was last
+        used) is replaced and `work` tried once more when `retry` — never for a commit, whose
+        outcome a broken connection leaves unknown."""
         with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._open()
-                yield self._conn
-            except psycopg.Error as e:
-                reason = describe(e, self._url)
-                if is_unavailable(e):
-                    self._drop_connection()
-                    self._mark(reason)
-                    raise ConfigStoreUnavailable("config store", reason) from None
-                raise ConfigStoreError("config store", reason) from None
-            self._mark(None)
+            for attempt in (1, 2):
+                fresh = self._conn is None or self._conn.closed
+                try:
+                    if fresh:
+                        self._conn = self._open()
+                    assert self._conn is not None
+                    result = work(self._conn)
+                except psycopg.Error as e:
+                    conn = self._conn
+                    if is_unavailable(e) or conn is None or conn.broken or conn.closed:
+                        self._drop_connection()
+                        if retry and attempt == 1 and not fresh:
+                            continue
+                        reason = describe(e, self._url)
+                        self._mark(reason)
+                        raise ConfigStoreUnavailable("config store", reason) from None
+                    raise ConfigStoreError("config store", describe(e, self._url)) from None
+                self._mark(None)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -166,23 +177,16 @@ class PostgresConfigStore:
 
     def _row_version(self, row: tuple[Any, ...]) -> ConfigVersion:
         version, applied_at, author, action, restored, config, sealed = row
-        values: dict[str, Any] = {}
+        values: dict[str, dict[str, str]] = {}
         if sealed:
             try:
                 values = json.loads(self._box.open(sealed))
             except SecretBoxError as e:
                 raise ConfigStoreError(f"config store version {version}", str(e)) from None
-        # "secrets": what the plain column masks besides header values (the endpoint with its
-        # query values, the TLS key); rows written before it existed have none.
-        secrets = values.get("secrets", {})
         try:
             settings = OtelSettings(
-                traces=decode_section(
-                    config["traces"], values.get("traces", {}), secrets.get("traces")
-                ),
-                metrics=decode_section(
-                    config["metrics"], values.get("metrics", {}), secrets.get("metrics")
-                ),
+                traces=decode_section(config["traces"], values.get("traces", {})),
+                metrics=decode_section(config["metrics"], values.get("metrics", {})),
                 version=int(version),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -204,14 +208,8 @@ class PostgresConfigStore:
         return None if row is None else self._row_version(row)
 
     def _seal(self, settings: OtelSettings) -> tuple[dict[str, Any], str]:
-        """The plain `config` column (no secret in it) and the sealed `secrets` column: header
-        values per section, and under "secrets" the endpoint when its query holds values and
-        the TLS key (`section_secrets`)."""
         config = {s: encode_section(getattr(settings, s), with_values=False) for s in _SECTIONS}
-        values: dict[str, Any] = {s: getattr(settings, s).header_dict for s in _SECTIONS}
-        secrets = {s: found for s in _SECTIONS if (found := section_secrets(getattr(settings, s)))}
-        if secrets:
-            values["secrets"] = secrets
+        values = {s: getattr(settings, s).header_dict for s in _SECTIONS}
         if not any(values.values()):
             return config, ""
         return config, self._box.seal(json.dumps(values).encode())
@@ -233,27 +231,28 @@ class PostgresConfigStore:
         return newest
 
     def latest(self) -> OtelSettings | None:
-        with self._session() as conn:
-            newest = self._newest(conn)
+        newest = self._run(self._newest)
         return None if newest is None else newest.settings
 
     def get(self, version: int) -> ConfigVersion | None:
-        with self._session() as conn:
-            row = conn.execute(
+        row = self._run(
+            lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM aigw_otel_config WHERE version = %s",  # noqa: S608
                 (version,),
             ).fetchone()
-            return None if row is None else self._row_version(row)
+        )
+        return None if row is None else self._row_version(row)
 
     def history(self, *, page_size: int, before_version: int = 0) -> list[ConfigVersion]:
-        with self._session() as conn:
-            rows = conn.execute(
+        rows = self._run(
+            lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM aigw_otel_config"  # noqa: S608
                 " WHERE %(before)s = 0 OR version < %(before)s"
                 " ORDER BY version DESC LIMIT %(limit)s",
                 {"before": before_version, "limit": page_size},
             ).fetchall()
-            return [self._row_version(row) for row in rows]
+        )
+        return [self._row_version(row) for row in rows]
 
     def commit(
         self,
@@ -264,22 +263,28 @@ class PostgresConfigStore:
         action: Action,
         restored_version: int = 0,
     ) -> OtelSettings:
-        with self._session() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_COMMIT_LOCK,))
-            newest = self._newest(conn)
-            current = newest.settings if newest is not None else OtelSettings()
-            new = replace(update(current), version=current.version + 1)
-            config, sealed = self._seal(new)
-            conn.execute(
-                "INSERT INTO aigw_otel_config"
-                " (version, author, action, restored_version, config, secrets)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (new.version, author, action, restored_version, json.dumps(config), sealed),
-            )
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(new.version)))
-            # Last before COMMIT: a config the exporters refuse is never stored.
-            apply(new)
-        return new
+        def work(conn: psycopg.Connection) -> OtelSettings:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_COMMIT_LOCK,))
+                newest = self._newest(conn)
+                current = newest.settings if newest is not None else OtelSettings()
+                new = replace(update(current), version=current.version + 1)
+                config, sealed = self._seal(new)
+                conn.execute(
+                    "INSERT INTO aigw_otel_config"
+                    " (version, author, action, restored_version, config, secrets)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (new.version, author, action, restored_version, json.dumps(config), sealed),
+                )
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(new.version)))
+                # Last before COMMIT: a config the exporters refuse is never stored.
+                apply(new)
+            return new
+
+        # A cheap statement first, so a connection broken by a database restart is replaced
+        # before the commit runs (which is never retried).
+        self._run(lambda conn: conn.execute("SELECT 1"))
+        return self._run(work, retry=False)
 
     def applied(self, settings: OtelSettings) -> None:
         try:

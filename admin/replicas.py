@@ -183,16 +183,23 @@ class PostgresReplicas:
 
     def list(self) -> list[ReplicaStatus]:
         with self._read_lock:
-            try:
-                if self._reader is None or self._reader.closed:
-                    self._reader = connect(self._url, application_name="aigw-replicas")
-                rows = self._reader.execute(_LIST, {"gone": self._beat * GONE_AFTER_BEATS})
-                rows = rows.fetchall()
-            except psycopg.Error as e:
-                if self._reader is not None:
-                    self._reader.close()
-                self._reader = None
-                raise ConnectionError(describe(e, self._url)) from None
+            for attempt in (1, 2):
+                fresh = self._reader is None or self._reader.closed
+                try:
+                    if fresh:
+                        self._reader = connect(self._url, application_name="aigw-replicas")
+                    assert self._reader is not None
+                    gone = self._beat * GONE_AFTER_BEATS
+                    rows = self._reader.execute(_LIST, {"gone": gone}).fetchall()
+                    break
+                except psycopg.Error as e:
+                    if self._reader is not None:
+                        self._reader.close()
+                    self._reader = None
+                    # A connection broken by a database restart: one more try on a new one.
+                    if attempt == 1 and not fresh:
+                        continue
+                    raise ConnectionError(describe(e, self._url)) from None
         return [
             ReplicaStatus(
                 identity=Identity(

@@ -176,6 +176,22 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
             records = await asyncio.to_thread(receiver.wait_for_requests, 1, 10)
             assert all(r.headers.get("x-api-key") == SECRET for r in records)
             assert all(r.content_encoding == "gzip" for r in records)
+
+            # 5. A replica killed with -9 stops heartbeating: the others show it gone, and
+            # the fleet is still converged without it.
+            victim = procs[2][0]
+            victim.kill()
+            await victim.wait()
+
+            async def shown_gone() -> bool:
+                listing = await _admin(ports[0], "ListReplicas", admin_pb2.ListReplicasRequest())
+                states = {r.address: r.state for r in listing.replicas}
+                return (
+                    states.get(f"127.0.0.1:{ports[2]}") == admin_pb2.REPLICA_STATE_GONE
+                    and listing.converged
+                )
+
+            await _until(shown_gone, "the killed replica shown gone")
     finally:
         for proc, _, _ in procs:
             await stop_process(proc)
