@@ -136,6 +136,10 @@ class RecordedRequest:
     # Set when the response was fully written / when the client hung up before that.
     completed: threading.Event = field(default_factory=threading.Event)
     client_gone: threading.Event = field(default_factory=threading.Event)
+    # time.monotonic() when the whole request had been read, and when the stub saw the client
+    # hang up (within a few ms of it: waits poll every _POLL_S); None while it has not.
+    received_at: float = field(default_factory=time.monotonic)
+    client_gone_at: float | None = None
 
     async def wait_client_gone(self, seconds: float = 5.0) -> bool:
         """For async tests: waits without blocking the loop, which must run to close sockets."""
@@ -292,6 +296,7 @@ class OpenAIStub:
         if written:
             record.completed.set()
         elif not conn.closed:
+            record.client_gone_at = time.monotonic()
             record.client_gone.set()
         return written and keep_alive and not conn.closed
 

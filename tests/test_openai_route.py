@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 
 import grpc
 import pytest
 from aigw.v1 import completion_pb2, completion_pb2_grpc
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.config import RouteConfig
 from gateway.server import Gateway
@@ -150,22 +153,132 @@ async def test_upstream_errors_map_to_grpc_codes_with_the_upstream_message(
             assert KEY not in info.value.details()
 
 
-async def test_client_deadline_bounds_a_slow_upstream(gw: Gateway, openai_stub: OpenAIStub) -> None:
+async def _ended(spans: InMemorySpanExporter, n: int) -> tuple[ReadableSpan, ...]:
+    """The spans once `n` have ended (the server span ends a moment after the client's error)."""
+    async with asyncio.timeout(5):
+        while len(spans.get_finished_spans()) < n:  # noqa: ASYNC110 - another thread's exporter
+            await asyncio.sleep(0.01)
+    return spans.get_finished_spans()
+
+
+async def _call_with_deadline(
+    stub: completion_pb2_grpc.CompletionStub, deadline: float, *, streamed: bool, text: str = "hi"
+) -> grpc.StatusCode:
+    try:
+        if streamed:
+            _ = [c async for c in stub.StreamComplete(chat(text, model="gpt"), timeout=deadline)]
+        else:
+            await stub.Complete(chat(text, model="gpt"), timeout=deadline)
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+def _slow_reply(streamed: bool) -> Reply:
+    # Unary: no status line for 5 s. Stream: the status line, then a word every 5 s.
+    return Reply(token_delay=5) if streamed else Reply(delay=5)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_a_client_deadline_shorter_than_the_route_timeout_ends_the_upstream_call_then(
+    gw: Gateway, openai_stub: OpenAIStub, streamed: bool
+) -> None:
+    """Route "gpt" allows 5 s; the client allows 0.5 s. Seen from the server side: the upstream
+    stub sees the gateway hang up at the client's deadline, and both spans end then, not when
+    the route's timeout or the upstream's 5 s answer would have ended them."""
+    deadline = 0.5
+    spans = InMemorySpanExporter()
+    assert gw.telemetry is not None
+    gw.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    openai_stub.next_responses.append(_slow_reply(streamed))
+    ch, stub = _stub(gw)
+    async with ch:
+        # The stub runs in this process: its time.monotonic() is ours.
+        started, started_ns = time.monotonic(), time.time_ns()
+        code = await _call_with_deadline(stub, deadline, streamed=streamed)
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    [sent] = openai_stub.requests
+    # The upstream side: the gateway closed the connection at the deadline, not before.
+    assert await sent.wait_client_gone(5), "the gateway never hung up on the upstream"
+    assert not sent.completed.is_set()
+    assert sent.client_gone_at is not None
+    hung_up = sent.client_gone_at - started
+    assert deadline * 0.8 < hung_up < deadline + 0.3, hung_up
+    # The spans end then too.
+    ended = await _ended(spans, 2)
+    [server] = [s for s in ended if s.kind is SpanKind.SERVER]
+    [client] = [s for s in ended if s.kind is SpanKind.CLIENT]
+    for span in (server, client):
+        assert span.end_time is not None
+        ended_at = (span.end_time - started_ns) / 1e9
+        assert deadline * 0.8 < ended_at < deadline + 0.3, (span.name, ended_at)
+    assert server.attributes["rpc.response.status_code"] in ("DEADLINE_EXCEEDED", "CANCELLED")
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.parent is not None
+    assert client.parent.span_id == server.context.span_id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "gateway bug: when the client's deadline passes, gRPC's own deadline cancels the "
+        "handler at the same instant as the gateway's budget (min(route timeout, "
+        "time_remaining)); when gRPC's cancel wins (about half of lone calls, most of 20 "
+        "concurrent ones) the interceptor "
+        "records rpc.response.status_code/error.type CANCELLED and the GenAI span error.type "
+        "'cancelled' ('cancelled by the client'), so deadline expiries show up as client "
+        "cancels in spans and rpc.server.call.duration. A CancelledError with "
+        "context.time_remaining() <= 0 is DEADLINE_EXCEEDED (gateway/telemetry/interceptor.py, "
+        "gateway/completion.py)"
+    ),
+)
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_a_passed_client_deadline_is_recorded_as_deadline_exceeded(
+    gw: Gateway, openai_stub: OpenAIStub, streamed: bool
+) -> None:
+    # Each call races the two timers: alone, gRPC's cancel wins about half the time; 20 at
+    # once, it won some or all of them in every round seen here. Three rounds of 20, so the
+    # claim (all of them right) cannot hold by chance.
+    calls, rounds = 20, 3
+    spans = InMemorySpanExporter()
+    assert gw.telemetry is not None
+    gw.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    openai_stub.by_model["gpt-4o-mini"] = _slow_reply(streamed)
+    ch, stub = _stub(gw)
+    async with ch:
+        for _ in range(rounds):
+            codes = await asyncio.gather(
+                *(_call_with_deadline(stub, 0.5, streamed=streamed) for _ in range(calls))
+            )
+            assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    calls *= rounds
+    ended = await _ended(spans, 2 * calls)
+    server = collections.Counter(
+        s.attributes["rpc.response.status_code"] for s in ended if s.kind is SpanKind.SERVER
+    )
+    client = collections.Counter(
+        s.attributes.get("error.type") for s in ended if s.kind is SpanKind.CLIENT
+    )
+    assert server == {"DEADLINE_EXCEEDED": calls}, server
+    assert client == {"timeout": calls}, client
+
+
+async def test_without_a_client_deadline_the_route_timeout_ends_the_upstream_call(
+    gw: Gateway, openai_stub: OpenAIStub
+) -> None:
     openai_stub.next_responses.append(Reply(delay=5))
     ch, stub = _stub(gw)
-    loop = asyncio.get_running_loop()
     async with ch:
-        started = loop.time()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Complete(chat(model="gpt"), timeout=0.4)
-        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        assert loop.time() - started < 3
         # The route's own timeout (0.3 s) applies when the client gives no deadline.
-        openai_stub.next_responses.append(Reply(delay=5))
+        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Complete(chat(model="gpt-fast-timeout"))
-        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "route 'gpt-fast-timeout'" in info.value.details()
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "route 'gpt-fast-timeout'" in info.value.details()
+    [sent] = openai_stub.requests
+    assert await sent.wait_client_gone(5)
+    assert sent.client_gone_at is not None
+    assert sent.client_gone_at - started < 0.3 + 0.3
 
 
 async def test_a_missing_key_variable_is_a_precondition_naming_the_variable(
