@@ -29,6 +29,7 @@ from gateway.telemetry.export_stats import HealthSnapshot
 from gateway.telemetry.trace_store import (
     StoredSpan,
     TraceStore,
+    TraceStoreError,
     TraceStoreUnavailable,
     TraceSummary,
 )
@@ -314,6 +315,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except TraceStoreUnavailable as e:
             # The shared database is away: retryable, and the message holds no credential.
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except TraceStoreError as e:
+            # A store this replica cannot use (closed, schema too new): not the caller's fault.
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
         return admin_pb2.ListTracesResponse(
             traces=[_summary(t) for t in traces], next_page_token=token
         )
@@ -331,6 +335,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             spans = await asyncio.to_thread(self._store.get_trace, trace_id)
         except TraceStoreUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except TraceStoreError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
         if not spans:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"trace_id: no trace {trace_id} in the trace store"

@@ -23,7 +23,9 @@ STATEMENT_TIMEOUT_MS = 15_000
 
 
 def _secrets(url: str) -> list[str]:
-    secrets = [url]
+    """The password alone: registering a whole `key=value` connection string would make the
+    redactor blank its ordinary words (`localhost`, `password`) everywhere."""
+    secrets: list[str] = []
     try:
         password = conninfo_to_dict(url).get("password")
     except psycopg.ProgrammingError:
@@ -44,7 +46,7 @@ def safe_target(url: str) -> str:
 
 def connect(url: str, *, application_name: str) -> psycopg.Connection:
     """An autocommit connection; raises psycopg errors (describe them with `describe`)."""
-    REDACTOR.set_secrets(f"database-url-{hash(url)}", _secrets(url))
+    REDACTOR.set_secrets(f"database-password-{hash(url)}", _secrets(url))
     return psycopg.connect(
         url,
         autocommit=True,
@@ -63,6 +65,6 @@ def is_unavailable(exc: BaseException) -> bool:
 def describe(exc: BaseException, url: str) -> str:
     """One line naming what failed, with the URL and password cut out."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    for secret in _secrets(url):
+    for secret in (url, *_secrets(url)):
         text = text.replace(secret, "[REDACTED]")
     return f"{safe_target(url)}: {text[:300]}"
