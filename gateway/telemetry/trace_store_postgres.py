@@ -193,7 +193,14 @@ _MERGE_SPANS: Final = (
 _LOCK_TRACES: Final = (
     "SELECT count(pg_advisory_xact_lock(%s::int4, k)) FROM unnest(%s::int4[]) AS k"
 )
-_LOCK_SUMMARIES: Final = "SELECT 1 FROM aigw_traces WHERE trace_id = ANY(%s) FOR UPDATE"
+# Driven by the list of ids (one primary-key probe each), like the refresh below: a prepared
+# `trace_id = ANY(…)` kept a generic plan made while the table was small and unanalysed — a
+# sequential scan that took 0.3–2 s per batch at a few thousand traces (seen in the bench).
+_LOCK_SUMMARIES: Final = """
+SELECT 1 FROM aigw_traces s
+JOIN unnest(%s::text[]) AS t(trace_id) ON s.trace_id = t.trace_id
+FOR UPDATE OF s
+"""
 
 # Recomputes the summaries of the traces in %s from all their stored spans (the contract in
 # trace_store); r is the root: a local root if any, else the earliest span. Driven by the list
@@ -427,7 +434,8 @@ class PostgresTraceStore:
         def store(conn: psycopg.Connection) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(_LOCK_TRACES, (_TRACE_LOCK_CLASS, keys))
-                cur.execute(_LOCK_SUMMARIES, (touched,))
+                # Planned afresh each time (not prepared): see _LOCK_SUMMARIES.
+                cur.execute(_LOCK_SUMMARIES, (touched,), prepare=False)
                 with cur.copy(_COPY_SPANS) as copy:
                     for row in rows:
                         copy.write_row(row)
