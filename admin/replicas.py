@@ -40,6 +40,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 GONE_AFTER_BEATS = 4
+# How often the heartbeat thread looks whether the applied config version changed.
+_VERSION_CHECK_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +136,7 @@ class PostgresReplicas:
         self._beat = heartbeat_seconds
         self._forget = forget_seconds
         self._identity = Identity(instance_id="")
+        self._beat_version = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._read_lock = threading.Lock()
@@ -148,6 +151,7 @@ class PostgresReplicas:
 
     def _params(self) -> dict[str, Any]:
         version, health = self._status()
+        self._beat_version = version
         i = self._identity
         return {
             "id": i.instance_id,
@@ -177,9 +181,17 @@ class PostgresReplicas:
                 if conn is not None:
                     conn.close()
                 conn = None
-            self._stop.wait(self._beat)
+            self._wait_for_next_beat()
         if conn is not None:
             conn.close()
+
+    def _wait_for_next_beat(self) -> None:
+        """Until the next beat is due — or at once when this replica applied another config
+        version, so the fleet view shows convergence when it happens, not a beat later."""
+        deadline = time.monotonic() + self._beat
+        while not self._stop.wait(min(_VERSION_CHECK_SECONDS, self._beat)):
+            if time.monotonic() >= deadline or self._status()[0] != self._beat_version:
+                return
 
     def list(self) -> list[ReplicaStatus]:
         with self._read_lock:
