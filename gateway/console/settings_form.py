@@ -68,10 +68,9 @@ def _form_section(form: Any, section: str) -> SectionForm:
     p = section + "."
     names = form.getall(p + "header_name", [])
     values = form.getall(p + "header_value", [])
+    # A row without a name is dropped (that is how a header is removed).
     headers = [
-        (str(n).strip(), str(v))
-        for n, v in zip(names, values, strict=False)
-        if str(n).strip() or str(v)
+        (str(n).strip(), str(v)) for n, v in zip(names, values, strict=False) if str(n).strip()
     ]
     return SectionForm(
         enabled=form.get(p + "enabled") == "on",
