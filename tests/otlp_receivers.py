@@ -74,8 +74,11 @@ __all__ = [
     "HttpOtlpReceiver",
     "HttpReply",
     "HttpRequestRecord",
+    "ServerTls",
     "Signal",
     "SpanKey",
+    "TlsGrpcOtlpReceiver",
+    "TlsHttpOtlpReceiver",
     "check_otlp_json",
     "closed_port_url",
     "data_points_by_metric",
@@ -1090,3 +1093,161 @@ def untrusted_tls_endpoint(path: str = "/v1/traces") -> Iterator[str]:
         finally:
             stop.set()
             thread.join(_STOP_JOIN_S)
+
+
+# --- receivers that serve TLS (a CA's server certificate, optionally mTLS) -------------------
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """What a TLS receiver serves: its certificate chain and key (PEM); with `client_ca_pem`,
+    mTLS: a client must present a certificate that CA issued. `max_version` caps what the
+    HTTP receiver speaks (a backend stuck on TLS 1.2)."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes | None = None
+    max_version: Any = None  # ssl.TLSVersion
+
+    def ssl_context(self) -> Any:
+        import ssl
+        import tempfile
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as directory:
+            cert, key = f"{directory}/cert.pem", f"{directory}/key.pem"
+            with open(cert, "wb") as f:
+                f.write(self.cert_pem)
+            with open(key, "wb") as f:
+                f.write(self.key_pem)
+            context.load_cert_chain(cert, key)
+        if self.client_ca_pem is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cadata=self.client_ca_pem.decode())
+        if self.max_version is not None:
+            context.maximum_version = self.max_version
+        return context
+
+
+class _TlsHttpServer(_HttpServer):
+    """Handshakes each connection in its handler thread; a failed handshake is recorded in
+    the receiver's `tls_errors` (clients refusing us is what TLS tests provoke), not `errors`."""
+
+    def __init__(self, receiver: TlsHttpOtlpReceiver, port: int, context: Any) -> None:
+        self.tls_context = context
+        super().__init__(receiver, port)  # type: ignore[arg-type]
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        receiver: TlsHttpOtlpReceiver = self.receiver  # type: ignore[assignment]
+        request.settimeout(5)
+        conn = self.tls_context.wrap_socket(
+            request, server_side=True, do_handshake_on_connect=False
+        )
+        # wrap_socket took over the file descriptor: stop() must wake the TLS socket.
+        with self._conn_lock:
+            self.connections.discard(request)
+            self.connections.add(conn)
+        try:
+            conn.do_handshake()
+        except OSError as exc:  # ssl.SSLError included
+            receiver.tls_errors.append(str(exc))
+            _close_after_alert(conn)
+            with self._conn_lock:
+                self.connections.discard(conn)
+            return
+        try:
+            peer = conn.getpeercert()
+            if peer:
+                receiver.client_subjects.append(
+                    ",".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
+                )
+            super().finish_request(conn, client_address)
+        finally:
+            with self._conn_lock:
+                self.connections.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def _close_after_alert(conn: Any) -> None:
+    """Close a connection whose handshake failed so that the client reads our alert: FIN after
+    it, and what the client sent meanwhile drained (closing with unread data would send a
+    reset, and the client would see a bare EOF instead of "certificate required")."""
+    import os
+
+    with contextlib.suppress(OSError):
+        raw = socket.socket(fileno=os.dup(conn.fileno()))
+        with raw:
+            raw.shutdown(socket.SHUT_WR)
+            raw.settimeout(1.0)
+            while raw.recv(65536):
+                pass
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+class TlsHttpOtlpReceiver(HttpOtlpReceiver):
+    """`HttpOtlpReceiver` over TLS: ``https://127.0.0.1:PORT``.
+
+    ``tls_errors``: handshakes that failed (the client refused our certificate, or we refused
+    the client's); ``client_subjects``: the subject of each client certificate accepted (mTLS).
+    """
+
+    def __init__(self, tls: ServerTls, *, port: int = 0) -> None:
+        super().__init__(port=port)
+        self.tls = tls
+        self.tls_errors: list[str] = []
+        self.client_subjects: list[str] = []
+
+    def start(self) -> TlsHttpOtlpReceiver:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        self._server = _TlsHttpServer(self, self._requested_port, self.tls.ssl_context())
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="https-otlp-receiver",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+class TlsGrpcOtlpReceiver(GrpcOtlpReceiver):
+    """`GrpcOtlpReceiver` over TLS (``endpoint`` is ``https://127.0.0.1:PORT``); with
+    `ServerTls.client_ca_pem`, clients must present a certificate from that CA."""
+
+    def __init__(self, tls: ServerTls, *, max_workers: int = 16) -> None:
+        super().__init__(max_workers=max_workers)
+        self.tls = tls
+
+    def start(self) -> TlsGrpcOtlpReceiver:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=self._max_workers, thread_name_prefix="grpcs-otlp-receiver"
+        )
+        server = grpc.server(self._executor)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(self), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            _MetricsServicer(self), server
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(self.tls.key_pem, self.tls.cert_pem)],
+            root_certificates=self.tls.client_ca_pem,
+            require_client_auth=self.tls.client_ca_pem is not None,
+        )
+        self._port = server.add_secure_port("127.0.0.1:0", credentials)
+        if not self._port:
+            raise RuntimeError("could not bind 127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://{self.address}"

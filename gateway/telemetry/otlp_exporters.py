@@ -12,13 +12,15 @@ need a reason label. What each transport reports goes through `export_outcome`, 
 translation point, so a failure reads the same whatever the encoding; header values are
 redacted from every message kept.
 
-Two things the official HTTP exporter gets wrong for us are corrected in the session: it counts
+Three things the official HTTP exporter gets wrong for us are corrected in the session: it counts
 any status below 400 as success, so a 3xx is turned into a failure there (it never follows
-redirects: that would re-send our credentials wherever the backend points); and it cannot be
-told to try only once, which `single_attempt` exporters (the endpoint test) need. The
-session does both by raising after it recorded the outcome — an error the exporter does not
-retry. The official exporters' own log lines (one WARNING or ERROR per failed export or retry)
-are demoted to DEBUG: failures are logged once per state change (`export_stats`).
+redirects: that would re-send our credentials wherever the backend points); it cannot be told
+to try only once, which `single_attempt` exporters (the endpoint test) need; and it retries a
+TLS failure, which never heals within one export's budget, until the budget is gone and the
+verifier's words with it. The session does all three by raising after it recorded the outcome
+— an error the exporter does not retry. The official exporters' own log lines (one WARNING or
+ERROR per failed export or retry) are demoted to DEBUG: failures are logged once per state
+change (`export_stats`).
 """
 
 from __future__ import annotations
@@ -122,7 +124,12 @@ class _RecordingSession(requests.Session):
         try:
             response = super().request(method, url, *args, **kwargs)
         except Exception as e:
-            self._last.outcome = outcome_from_exception(e, address=address, secrets=self._secrets)
+            outcome = outcome_from_exception(e, address=address, secrets=self._secrets)
+            self._last.outcome = outcome
+            if outcome.reason == "tls":
+                # A certificate problem does not heal within the budget: retrying would only
+                # turn the verifier's words into "timed out".
+                raise _Stop("tls") from e
             raise
         outcome = outcome_from_response(response, secrets=self._secrets)
         self._last.outcome = outcome
