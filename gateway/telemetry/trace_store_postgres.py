@@ -84,6 +84,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from psycopg.conninfo import conninfo_to_dict
 
 from gateway.pg_schema import SchemaTooNew, migrate
+from gateway.postgres import (
+    CONNECT_TIMEOUT_SECONDS,
+    SESSION_OPTIONS,
+    TCP_SETTINGS,
+    is_unavailable,
+    reason,
+    target_of,
+)
 from gateway.redaction import REDACTOR
 from gateway.telemetry.trace_store import (
     SPAN_ROW_COLUMNS,
@@ -151,25 +159,6 @@ CREATE TABLE aigw_trace_retention (
 INSERT INTO aigw_trace_retention VALUES (1, '-infinity');
 """,
 )
-
-CONNECT_TIMEOUT_SECONDS: Final = 3
-# Server-side settings for every session of the store: the limits in the module docstring,
-# and no JIT: these are short statements over a few hundred rows, and on a table whose
-# statistics lag behind its growth the planner's estimates cross jit_above_cost, so compiling
-# a statement (25-100 ms measured) cost several times more than running it.
-_SESSION_OPTIONS: Final = (
-    "-c statement_timeout=15000 -c lock_timeout=10000 "
-    "-c idle_in_transaction_session_timeout=60000 -c jit=off"
-)
-# libpq settings that bound how long a vanished (not refusing) server can hold a call: TCP
-# keepalives notice a dead peer, tcp_user_timeout a peer that stopped acknowledging.
-_TCP_SETTINGS: Final = {
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "20000",
-}
 
 # Retention runs at most this often, per replica and (through aigw_trace_retention) fleet-wide.
 _RETENTION_INTERVAL_NS: Final = 1_000_000_000
@@ -258,33 +247,6 @@ DELETE FROM aigw_traces WHERE trace_id IN (
 RETURNING trace_id
 """
 
-# libpq's connection-failure texts name the host, port and user; these fixed phrases are what
-# is kept of them (first match wins).
-_CONNECTION_REASONS: Final = (
-    ("password authentication failed", "password authentication failed"),
-    ("no password supplied", "no password supplied"),
-    ("connection refused", "connection refused"),
-    ("timeout expired", "connection timed out"),
-    ("timed out", "connection timed out"),
-    ("could not translate host name", "host name not found"),
-    ("name or service not known", "host name not found"),
-    ("no route to host", "no route to host"),
-    ("network is unreachable", "network unreachable"),
-    ("pg_hba.conf", "connection not allowed by pg_hba.conf"),
-    ("does not exist", "database or role does not exist"),
-    ("too many", "too many connections"),
-    ("remaining connection slots", "too many connections"),
-    ("starting up", "database starting up"),
-    ("shutting down", "database shutting down"),
-    ("recovery", "database in recovery"),
-    ("ssl", "SSL negotiation failed"),
-    ("server closed the connection", "connection lost"),
-    ("connection is closed", "connection lost"),
-    ("connection is lost", "connection lost"),
-    ("consuming input failed", "connection lost"),
-    ("terminating connection", "connection lost"),
-)
-
 _T = TypeVar("_T")
 
 
@@ -359,7 +321,7 @@ class PostgresTraceStore:
                 "postgresql:// URL with percent-encoded special characters)"
             ) from None
         password = str(info.get("password") or "")
-        options = " ".join(filter(None, (str(info.get("options") or ""), _SESSION_OPTIONS)))
+        options = " ".join(filter(None, (str(info.get("options") or ""), SESSION_OPTIONS)))
         connect_kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, round(connect_timeout)),
@@ -368,7 +330,7 @@ class PostgresTraceStore:
         if not info.get("application_name"):
             # PostgreSQL keeps 63 bytes of it.
             connect_kwargs["application_name"] = f"aigw-traces {replica}"[:63]
-        for key, value in _TCP_SETTINGS.items():
+        for key, value in TCP_SETTINGS.items():
             if key not in info:
                 connect_kwargs[key] = value
         return cls(
@@ -377,7 +339,7 @@ class PostgresTraceStore:
             max_age_seconds=max_age_seconds,
             replica=replica,
             connect_kwargs=connect_kwargs,
-            target=_target(info),
+            target=target_of(info),
             password=password,
         )
 
@@ -595,7 +557,7 @@ class PostgresTraceStore:
             except psycopg.Error as exc:
                 if conn.broken or conn.closed:
                     session.discard()
-                    if attempt == 1 and not fresh and _is_unavailable(exc):
+                    if attempt == 1 and not fresh and is_unavailable(exc):
                         continue
                 raise self._error(action, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -623,10 +585,10 @@ class PostgresTraceStore:
     def _error(self, action: str, exc: psycopg.Error) -> TraceStoreError:
         """The store error for `exc`: unavailable for a database that is away, else an error;
         the message holds host:port and a reason, never the URL, user or password."""
-        text = f"trace store {self.target}: {action} failed: {_reason(exc)}"
+        text = f"trace store {self.target}: {action} failed: {reason(exc)}"
         for secret in self._secrets:
             text = text.replace(secret, "[REDACTED]")
-        if _is_unavailable(exc):
+        if is_unavailable(exc):
             return TraceStoreUnavailable(text)
         return TraceStoreError(text)
 
@@ -670,31 +632,3 @@ def _lock_key(trace_id: str) -> int:
 
 def _scalar(row: tuple[Any, ...] | None) -> Any:
     return row[0] if row else None
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    # OperationalError covers connection failures and what a sick or busy server answers
-    # (admin shutdown, statement or lock timeout, deadlock, out of resources): retry later.
-    # InterfaceError: the connection object is already closed.
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def _reason(exc: psycopg.Error) -> str:
-    """A one-line reason for `exc` without the user name libpq puts in connection errors."""
-    sqlstate = exc.sqlstate or ""
-    # Class 08 (connection) and 28 (authorization) texts name the user; others are the
-    # server's words about the statement.
-    if sqlstate and sqlstate[:2] not in ("08", "28"):
-        primary = exc.diag.message_primary or type(exc).__name__
-        return f"{' '.join(primary.split())[:300]} (SQLSTATE {sqlstate})"
-    lowered = str(exc).lower()
-    for needle, reason in _CONNECTION_REASONS:
-        if needle in lowered:
-            return reason + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
-    return "connection failed" if _is_unavailable(exc) else type(exc).__name__
-
-
-def _target(info: dict[str, Any]) -> str:
-    host = str(info.get("host") or info.get("hostaddr") or "localhost")
-    port = str(info.get("port") or "5432")
-    return f"{host}:{port}"
