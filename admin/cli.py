@@ -6,6 +6,8 @@
     aigw-admin otel set --traces-enabled true --traces-protocol http \\
         --traces-endpoint https://otlp.example.com/v1/traces --traces-header authorization=KEY
     aigw-admin otel test --metrics-protocol grpc --metrics-endpoint http://127.0.0.1:4317
+    aigw-admin otel set --traces-endpoint https://collector:4318/v1/traces \
+        --traces-ca-file ca.pem --traces-cert-file me.pem --traces-key-file me-key.pem
     aigw-admin otel history
     aigw-admin otel rollback 3
     aigw-admin replicas
@@ -13,8 +15,10 @@
 
 `otel set` and `otel test` start from the gateway's current config (Get), change only the
 flags given, and `set` sends the version it started from, so two operators editing at once
-cannot overwrite each other silently. Header values never come back from the gateway: they are
-shown masked, and a masked value sent back keeps the stored secret.
+cannot overwrite each other silently. Header values, query values and the TLS client key never
+come back from the gateway: they are shown masked, and a masked value sent back keeps the stored
+secret. `--<section>-ca-file`, `-cert-file` and `-key-file` read PEM files here and send their
+content (the gateway keeps inline PEM, so every replica of a fleet gets it).
 
 Plaintext by default, as `make run` serves; `--cacert` (trust this CA), `--tls` (trust the
 system's CAs) or `--cert`/`--key` (a client certificate, for a listener with `client_ca_file`)
@@ -66,6 +70,18 @@ def _header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _pem_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{path}: {e.strerror or e}") from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"{path}: not a PEM file") from None
+
+
 def _add_exporter_flags(parser: argparse.ArgumentParser) -> None:
     for section in _SECTIONS:
         group = parser.add_argument_group(f"{section} exporter")
@@ -82,6 +98,30 @@ def _add_exporter_flags(parser: argparse.ArgumentParser) -> None:
         )
         group.add_argument(flag + "timeout", type=parse_duration, metavar="DURATION")
         group.add_argument(flag + "compression", choices=["none", "gzip"])
+        group.add_argument(
+            flag + "ca-file", type=_pem_file, metavar="FILE", help="PEM CA(s) to trust, only"
+        )
+        group.add_argument(
+            flag + "cert-file", type=_pem_file, metavar="FILE", help="PEM client cert (mTLS)"
+        )
+        group.add_argument(
+            flag + "key-file", type=_pem_file, metavar="FILE", help="PEM key of --*-cert-file"
+        )
+        group.add_argument(
+            flag + "server-name", metavar="NAME", help="name the certificate must be valid for"
+        )
+        group.add_argument(flag + "min-tls", choices=["1.2", "1.3"])
+        group.add_argument(
+            flag + "insecure-skip-verify",
+            type=_bool,
+            nargs="?",
+            const=True,
+            metavar="true|false",
+            help="do NOT verify the backend's certificate",
+        )
+        group.add_argument(
+            flag + "clear-tls", action="store_true", help="drop the stored TLS settings first"
+        )
         if section == "metrics":
             group.add_argument("--metrics-interval", type=parse_duration, metavar="DURATION")
             group.add_argument("--metrics-temporality", choices=["cumulative", "delta"])
@@ -95,14 +135,16 @@ def _edit(
     for section in _SECTIONS:
         values = {k[len(section) + 1 :]: v for k, v in vars(args).items() if k.startswith(section)}
         # `is not None`, not truthiness: `--traces-enabled false` is a change too.
-        touched = values["clear_headers"] or any(
-            v is not None and v != [] for k, v in values.items() if k != "clear_headers"
+        clears = ("clear_headers", "clear_tls")
+        touched = any(values[k] for k in clears) or any(
+            v is not None and v != [] for k, v in values.items() if k not in clears
         )
         if not touched:
             continue
         current = getattr(config, section)
         target = getattr(edited, section)
         target.CopyFrom(current)
+        target.ClearField("warnings")  # output only
         if values["clear_headers"]:
             target.ClearField("headers")
         if values["enabled"] is not None:
@@ -125,6 +167,7 @@ def _edit(
             target.compression = otel_config_pb2.Compression.Value(
                 f"COMPRESSION_{values['compression'].upper()}"
             )
+        _edit_tls(target, values)
         if section == "metrics":
             if values["interval"] is not None:
                 target.export_interval.CopyFrom(duration(values["interval"]))
@@ -133,6 +176,30 @@ def _edit(
                     f"TEMPORALITY_{values['temporality'].upper()}"
                 )
     return edited
+
+
+def _edit_tls(target: otel_config_pb2.ExporterConfig, values: dict) -> None:
+    """The TLS flags on `target` (the stored key stays masked: the gateway keeps it)."""
+    if values["clear_tls"]:
+        target.ClearField("tls")
+    tls = otel_config_pb2.TlsConfig()
+    tls.CopyFrom(target.tls)
+    if values["ca_file"] is not None:
+        tls.ca_pem = values["ca_file"]
+    if values["cert_file"] is not None:
+        tls.client_cert_pem = values["cert_file"]
+    if values["key_file"] is not None:
+        tls.client_key_pem = values["key_file"]
+    if values["server_name"] is not None:
+        tls.server_name = values["server_name"]
+    if values["min_tls"]:
+        tls.min_version = otel_config_pb2.TlsVersion.Value(
+            f"TLS_VERSION_{values['min_tls'].replace('.', '_')}"
+        )
+    if values["insecure_skip_verify"] is not None:
+        tls.insecure_skip_verify = values["insecure_skip_verify"]
+    if tls.ByteSize():
+        target.tls.CopyFrom(tls)
 
 
 def _print_json(message: object) -> None:

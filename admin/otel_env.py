@@ -3,6 +3,12 @@
 The variables are read into an API message and go through the same reading and validation as
 a Set (`admin/otel_proto.py`, `admin/otel_config.py`); problems name the variable, or the field
 as `environment: <section>.<field>`.
+
+TLS: OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}CERTIFICATE, _CLIENT_CERTIFICATE and _CLIENT_KEY are
+file paths (the OTLP exporter spec); they are read here, once, and their PEM becomes the config's
+`tls` (inline PEM: what the config store carries to every replica). A problem names the variable
+and never shows the file's content. _INSECURE is what the spec says it is — plaintext for a gRPC
+endpoint given without a scheme (true: http://, otherwise https://) — not "skip verification".
 """
 
 from __future__ import annotations
@@ -41,6 +47,30 @@ def _env_headers(text: str) -> dict[str, str]:
     return headers
 
 
+# TLS file variables → the TlsConfig field their PEM goes into.
+_TLS_FILES = (
+    ("CERTIFICATE", "ca_pem"),
+    ("CLIENT_CERTIFICATE", "client_cert_pem"),
+    ("CLIENT_KEY", "client_key_pem"),
+)
+_MAX_PEM_FILE = 1024 * 1024
+
+
+def _read_pem(path: str) -> str:
+    """The PEM text in the file at `path`; ValueError with a reason that never quotes it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_PEM_FILE + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+    if len(data) > _MAX_PEM_FILE:
+        raise ValueError(f"{path}: larger than 1 MiB; not a PEM file")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a PEM file (binary, DER?)") from None
+
+
 def _milliseconds(text: str) -> float:
     seconds = float(text) / 1000
     if not math.isfinite(seconds) or abs(seconds) > 1e9:
@@ -61,6 +91,11 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
                 f"OTEL_EXPORTER_OTLP_{name}"
             )
 
+        def var_name(name: str, sig: str = sig) -> str:
+            """The variable `var(name)` read: the signal's own if set, else the generic one."""
+            own = f"OTEL_EXPORTER_OTLP_{sig}_{name}"
+            return own if env.get(own) else f"OTEL_EXPORTER_OTLP_{name}"
+
         protocol_name = (var("PROTOCOL") or "http/protobuf").strip().lower()
         if protocol_name not in _ENV_PROTOCOL:
             problems.append(
@@ -77,9 +112,19 @@ def from_environment(env: Mapping[str, str]) -> OtelSettings:
             endpoint = base if protocol_name == "grpc" else f"{base.rstrip('/')}/v1/{section}"
         if not endpoint:
             continue
+        if protocol_name == "grpc" and "://" not in endpoint:
+            # The spec's one use of OTEL_EXPORTER_OTLP_INSECURE: a scheme-less gRPC endpoint.
+            insecure = (var("INSECURE") or "").strip().lower() == "true"
+            endpoint = ("http://" if insecure else "https://") + endpoint
         pb = getattr(config, section)
         pb.enabled = env.get(f"OTEL_{sig}_EXPORTER", "otlp").strip().lower() != "none"
         pb.protocol, pb.encoding, pb.endpoint = protocol, encoding, endpoint
+        for suffix, field in _TLS_FILES:
+            if path := var(suffix):
+                try:
+                    setattr(pb.tls, field, _read_pem(path.strip()))
+                except ValueError as e:
+                    problems.append((var_name(suffix), str(e)))
         try:
             pb.headers.update(_env_headers(var("HEADERS") or ""))
         except InvalidConfig as e:
