@@ -14,6 +14,7 @@ from aigw.v1 import admin_pb2_grpc, completion_pb2, completion_pb2_grpc
 from gateway.config import GatewayConfig, RouteConfig, ServerConfig, StoreConfig, TelemetryConfig
 from gateway.server import Gateway
 from tests.openai_stub import openai_stub  # noqa: F401 - a fixture for the whole suite
+from tests.otlp_receivers import GrpcOtlpReceiver, HttpOtlpReceiver
 from tests.postgres import PostgresCluster
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -91,6 +92,29 @@ def chat(
 
 def replace_route(route: RouteConfig, **changes: Any) -> RouteConfig:
     return dataclasses.replace(route, **changes)
+
+
+@pytest.fixture
+def http_rx() -> Iterator[HttpOtlpReceiver]:
+    """An OTLP/HTTP receiver; leaving it asserts that no request handler raised."""
+    with HttpOtlpReceiver() as rx:
+        yield rx
+
+
+@pytest.fixture
+def grpc_rx() -> Iterator[GrpcOtlpReceiver]:
+    """An OTLP/gRPC receiver; leaving it asserts that no call handler raised."""
+    with GrpcOtlpReceiver() as rx:
+        yield rx
+
+
+@pytest.fixture
+def start_gateway(
+    http_rx: HttpOtlpReceiver, grpc_rx: GrpcOtlpReceiver, gateway_factory: GatewayFactory
+) -> GatewayFactory:
+    """gateway_factory (explicit `env`, default empty), set up after both receivers so that it
+    is torn down before them: the final flush at stop must find them listening."""
+    return gateway_factory
 
 
 @pytest.fixture(scope="session")
