@@ -24,6 +24,7 @@ from gateway.telemetry.export_stats import HealthSnapshot
 
 __all__ = [
     "CHANGE_ERRORS",
+    "READ_YOUR_WRITES_SECONDS",
     "FleetUnavailable",
     "FleetView",
     "change_failure",
@@ -31,6 +32,11 @@ __all__ = [
     "health_document",
     "health_from_document",
 ]
+
+# How long a trace query waits for spans already ended to reach the store (read your own
+# writes: a listing right after a call shows it). Bounded: a store that is down must not hold
+# the query for longer.
+READ_YOUR_WRITES_SECONDS = 1.0
 
 CHANGE_ERRORS = (
     InvalidConfig,

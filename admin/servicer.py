@@ -14,6 +14,7 @@ from admin.config_manager import OtelConfigManager
 from admin.config_store import ConfigStoreError, ConfigStoreUnavailable, ConfigVersion
 from admin.control_views import (
     CHANGE_ERRORS,
+    READ_YOUR_WRITES_SECONDS,
     FleetUnavailable,
     change_failure,
     fleet_view,
@@ -44,10 +45,6 @@ _STATUS_FILTER = {
 }
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
-# How long a trace query waits for spans already ended to reach the store (read your own
-# writes: a ListTraces right after a call lists it). Bounded: a store that is down must not
-# hold the query for longer.
-READ_YOUR_WRITES_SECONDS = 1.0
 
 
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp:

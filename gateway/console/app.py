@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from admin.config_manager import OtelConfigManager
 from admin.control_views import (
     CHANGE_ERRORS,
+    READ_YOUR_WRITES_SECONDS,
     FleetUnavailable,
     change_failure,
     fleet_view,
@@ -352,6 +353,7 @@ class Console:
                 raise ValueError("min_duration: a number of milliseconds") from None
             if not min_ms >= 0:
                 raise ValueError("min_duration: must be >= 0")
+            await asyncio.to_thread(self._telemetry.flush_traces, READ_YOUR_WRITES_SECONDS)
             traces, token = await asyncio.to_thread(
                 self._telemetry.traces.list_traces,
                 model=filters["model"],
@@ -390,6 +392,7 @@ class Console:
                 error="trace_id: must be 32 hexadecimal digits",
             )
         try:
+            await asyncio.to_thread(self._telemetry.flush_traces, READ_YOUR_WRITES_SECONDS)
             spans = await asyncio.to_thread(self._telemetry.traces.get_trace, trace_id)
         except TraceStoreUnavailable as e:
             return self._render(
