@@ -1,17 +1,19 @@
 """Secrets never reach the logs, whoever logs them — and the rest of the line survives.
 
-Exporter header values and provider API keys are known to the gateway; backends and upstreams
-sometimes echo them in error messages, and libraries we do not own (the OTLP exporters, httpx)
-log those messages verbatim. One process-wide filter, on every handler of the root logger and
-on the libraries' own loggers, rewrites any record that contains a known secret before it is
-formatted — message, arguments and traceback alike. Export error messages shown in health and
-`TestOtelConfig` go through the same `redact`.
+Exporter secrets (header values, endpoint query values, TLS client keys — registered by each
+exporter for as long as it lives, `otlp_exporters`) and provider API keys are known to the
+gateway; backends and upstreams sometimes echo them in error messages, and libraries we do not
+own (the OTLP exporters, httpx, urllib3) log those messages verbatim. One process-wide filter,
+on every handler of the root logger and on the libraries' own loggers, rewrites any record that
+contains a known secret before it is formatted — message, arguments and traceback alike.
+Export error messages shown in health and `TestOtelConfig` go through the same `redact`.
 
 The rule (one place, used by the filter and by export messages):
 
-* **What is a secret.** Every value given to us as one (a header value, an API key), and every
-  piece of it split at whitespace, ``,``, ``;`` or ``=`` (``"Bearer sk-abc…"`` → ``"sk-abc…"``,
-  since backends echo the bare token) — but only if it is at least `MIN_SECRET_LENGTH` (8)
+* **What is a secret.** Every value given to us as one (a header value, an endpoint's query
+  value, an API key, each base64 line of an exporter's TLS private key), and every piece of it
+  split at whitespace, ``,``, ``;`` or ``=`` (``"Bearer sk-abc…"`` → ``"sk-abc…"``, since
+  backends echo the bare token) — but only if it is at least `MIN_SECRET_LENGTH` (8)
   characters long. Shorter values are not credentials (no API key or token is that short), and
   they are what shreds lines: a header ``x-mlflow-experiment-id: 1`` used to turn
   ``127.0.0.1`` into ``[REDACTED]27.0.0.[REDACTED]``. Such values are simply not registered.
