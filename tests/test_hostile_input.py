@@ -7,13 +7,12 @@ property test must not send traffic anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -29,6 +28,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.processes import start_gateway_process, stop_process
+
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,7 +41,7 @@ COMPLETION_FIELDS = re.compile(r"^(model|messages|max_tokens|temperature|top_p|s
 CONFIG_FIELDS = re.compile(
     r"^(traces|metrics)\.(protocol|endpoint|encoding|headers|timeout|compression|export_interval|temporality|enabled)\b"
 )
-_LISTENING = re.compile(r"serving gRPC on [\d.]+:(\d+)")
+_T = TypeVar("_T")
 PROPERTY = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -54,28 +55,34 @@ def _closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One gateway process for the module, run by start_gateway_process on an event loop of its
+    own (the property tests are synchronous), which keeps draining its log."""
     state = tmp_path_factory.mktemp("hostile")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--listen", "127.0.0.1:0",
-         "--metrics-listen", "127.0.0.1:0", "--state-dir", str(state)],
-        stderr=subprocess.PIPE, text=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    log: list[str] = []
-    for line in proc.stderr:
-        log.append(line)
-        if match := _LISTENING.search(line):
-            break
-    else:
-        raise AssertionError("gateway exited before listening:\n" + "".join(log))
-    drain = threading.Thread(target=lambda: log.extend(proc.stderr or ()), daemon=True)
-    drain.start()
-    yield f"127.0.0.1:{match.group(1)}"
-    proc.terminate()
-    assert proc.wait(timeout=20) == 0
-    drain.join(timeout=5)
-    assert "Traceback" not in "".join(log), "".join(log)[-3000:]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="hostile-gateway", daemon=True)
+    thread.start()
+
+    def run(coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)
+
+    proc, port, _ = run(start_gateway_process(state_dir=state))
+    try:
+        yield f"127.0.0.1:{port}"
+
+        async def stopped() -> int:
+            proc.terminate()
+            code = await asyncio.wait_for(proc.wait(), 20)
+            await stop_process(proc)  # joins the log drain
+            return code
+
+        assert run(stopped()) == 0
+    finally:
+        run(stop_process(proc))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.close()
+    log = "".join(proc.log_lines)  # type: ignore[attr-defined]
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
