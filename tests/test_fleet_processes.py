@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import grpc
-from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
+from aigw.v1 import admin_pb2, completion_pb2_grpc, otel_config_pb2
 
 from admin.secret_box import new_key
+from tests.clients import admin_call, bearer, connect
 from tests.conftest import chat
 from tests.otlp_receivers import HttpOtlpReceiver
 from tests.postgres import PostgresCluster
@@ -32,14 +33,7 @@ heartbeat_seconds = 0.25
 """
 
 
-def _auth() -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {ADMIN_TOKEN}"),)
-
-
-async def _admin(port: int, method: str, request: object) -> object:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = admin_pb2_grpc.AdminServiceStub(ch)
-        return await getattr(stub, method)(request, metadata=_auth(), timeout=10)
+AUTH = bearer(ADMIN_TOKEN)
 
 
 async def _until(check: object, what: str) -> None:
@@ -52,7 +46,10 @@ async def _until(check: object, what: str) -> None:
 
 async def _versions(ports: list[int]) -> list[int]:
     return [
-        (await _admin(p, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())).version for p in ports
+        (
+            await admin_call(p, "GetOtelConfig", admin_pb2.GetOtelConfigRequest(), metadata=AUTH)
+        ).version
+        for p in ports
     ]
 
 
@@ -77,35 +74,41 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
             section = otel_config_pb2.ExporterConfig(
                 enabled=True, endpoint=receiver.traces_url, headers={"x-api-key": SECRET}
             )
-            await _admin(
+            await admin_call(
                 ports[0],
                 "SetOtelConfig",
                 admin_pb2.SetOtelConfigRequest(config=otel_config_pb2.OtelConfig(traces=section)),
+                metadata=AUTH,
             )
 
             async def on_v1() -> bool:
                 return await _versions(ports) == [1, 1, 1]
 
             await _until(on_v1, "all three replicas on version 1")
-            history = await _admin(
-                ports[2], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest()
+            history = await admin_call(
+                ports[2],
+                "ListOtelConfigHistory",
+                admin_pb2.ListOtelConfigHistoryRequest(),
+                metadata=AUTH,
             )
             assert history.versions[0].author == "admin"  # the token's name, never the token
 
             # 2. Traces served by each replica are listed on every other.
             for port in ports:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                async with connect(port) as ch:
                     stub = completion_pb2_grpc.CompletionStub(ch)
                     await stub.Complete(chat(f"from {port}", model="echo"), timeout=5)
-            listing = await _admin(ports[0], "ListReplicas", admin_pb2.ListReplicasRequest())
+            listing = await admin_call(
+                ports[0], "ListReplicas", admin_pb2.ListReplicasRequest(), metadata=AUTH
+            )
             instances = {r.instance_id for r in listing.replicas}
             assert len(instances) == 3
 
             for port in ports:
 
                 async def all_replicas_listed(port: int = port) -> bool:
-                    page = await _admin(
-                        port, "ListTraces", admin_pb2.ListTracesRequest(model="echo")
+                    page = await admin_call(
+                        port, "ListTraces", admin_pb2.ListTracesRequest(model="echo"), metadata=AUTH
                     )
                     return {t.replica for t in page.traces} >= instances
 
@@ -118,7 +121,7 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
 
             async def load() -> None:
                 nonlocal served
-                channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ports]
+                channels = [connect(p) for p in ports]
                 stubs = [completion_pb2_grpc.CompletionStub(c) for c in channels]
                 try:
                     for stub in itertools.cycle(stubs):
@@ -139,7 +142,9 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
             await asyncio.to_thread(pg_cluster.stop)
             try:
                 await asyncio.sleep(2.0)
-                down = await _admin(ports[1], "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
+                down = await admin_call(
+                    ports[1], "GetOtelConfig", admin_pb2.GetOtelConfigRequest(), metadata=AUTH
+                )
                 assert not down.store.connected
             finally:
                 await asyncio.to_thread(pg_cluster.start)
@@ -153,10 +158,11 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
             section.compression = otel_config_pb2.COMPRESSION_GZIP
             section.headers.clear()
             section.headers["x-api-key"] = "********"  # the mask keeps the stored value
-            await _admin(
+            await admin_call(
                 ports[1],
                 "SetOtelConfig",
                 admin_pb2.SetOtelConfigRequest(config=otel_config_pb2.OtelConfig(traces=section)),
+                metadata=AUTH,
             )
 
             async def on_v2() -> bool:
@@ -165,13 +171,15 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
             await _until(on_v2, "all three replicas on version 2 after the database restart")
 
             async def converged() -> bool:
-                listing = await _admin(ports[2], "ListReplicas", admin_pb2.ListReplicasRequest())
+                listing = await admin_call(
+                    ports[2], "ListReplicas", admin_pb2.ListReplicasRequest(), metadata=AUTH
+                )
                 return listing.converged and listing.current_version == 2
 
             await _until(converged, "ListReplicas converged on 2")
             receiver.clear()
             for port in ports:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                async with connect(port) as ch:
                     await completion_pb2_grpc.CompletionStub(ch).Complete(chat("z"), timeout=5)
             records = await asyncio.to_thread(receiver.wait_for_requests, 1, 10)
             assert all(r.headers.get("x-api-key") == SECRET for r in records)
@@ -184,7 +192,9 @@ async def test_a_fleet_of_three_processes(tmp_path: Path, pg_cluster: PostgresCl
             await victim.wait()
 
             async def shown_gone() -> bool:
-                listing = await _admin(ports[0], "ListReplicas", admin_pb2.ListReplicasRequest())
+                listing = await admin_call(
+                    ports[0], "ListReplicas", admin_pb2.ListReplicasRequest(), metadata=AUTH
+                )
                 states = {r.address: r.state for r in listing.replicas}
                 return (
                     states.get(f"127.0.0.1:{ports[2]}") == admin_pb2.REPLICA_STATE_GONE
