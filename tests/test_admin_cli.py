@@ -7,20 +7,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
 
-import grpc
 import pytest
-from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2, traces_pb2
+from aigw.v1 import admin_pb2, otel_config_pb2, traces_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from admin import cli
 from admin.otel_config import MASK
 from gateway.server import Gateway
-from tests.conftest import GatewayFactory, chat
+from tests.clients import admin_call, complete
+from tests.conftest import GatewayFactory
+from tests.otel_config_support import StartGateway, flush_spans
 from tests.otlp_receivers import HttpOtlpReceiver
 
-StartGateway = Callable[..., Awaitable[Gateway]]
 SECRET = "Bearer-xyz-5ec7e7-value"
 TRACE_A = "0af7651916cd43dd8448eb211c80319c"
 TRACE_B = "1bf7651916cd43dd8448eb211c80319d"
@@ -31,19 +30,6 @@ def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The CLI reads these from the process environment; an operator's shell must not matter.
     monkeypatch.delenv("AIGW_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("AIGW_ADDR", raising=False)
-
-
-@pytest.fixture
-def http_rx() -> Iterator[HttpOtlpReceiver]:
-    with HttpOtlpReceiver() as rx:
-        yield rx
-    assert rx.errors == []
-
-
-@pytest.fixture
-def start_gateway(http_rx: HttpOtlpReceiver, gateway_factory: GatewayFactory) -> StartGateway:
-    """gateway_factory (explicit env, default empty), torn down before the receiver."""
-    return gateway_factory
 
 
 class Cli:
@@ -59,22 +45,7 @@ class Cli:
 
 
 async def get_config(gw: Gateway) -> admin_pb2.GetOtelConfigResponse:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        stub = admin_pb2_grpc.AdminServiceStub(ch)
-        return await stub.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)
-
-
-async def complete(gw: Gateway, *trace_ids: str) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        stub = completion_pb2_grpc.CompletionStub(ch)
-        for trace_id in trace_ids or ("",):
-            metadata = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")] if trace_id else None
-            await stub.Complete(chat("cli test"), metadata=metadata, timeout=5)
-
-
-async def flush(gw: Gateway) -> None:
-    assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.tracer_provider.force_flush, 5_000)
+    return await admin_call(gw, "GetOtelConfig", admin_pb2.GetOtelConfigRequest(), timeout=5)
 
 
 # --- otel -------------------------------------------------------------------------------------
@@ -84,18 +55,19 @@ async def test_otel_get_prints_the_config_as_json_with_masked_headers(
     start_gateway: StartGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gw = await start_gateway()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        await admin_pb2_grpc.AdminServiceStub(ch).SetOtelConfig(
-            admin_pb2.SetOtelConfigRequest(
-                config=otel_config_pb2.OtelConfig(
-                    traces=otel_config_pb2.ExporterConfig(
-                        endpoint="http://127.0.0.1:4318/v1/traces",
-                        headers={"Authorization": SECRET},
-                    )
+    await admin_call(
+        gw,
+        "SetOtelConfig",
+        admin_pb2.SetOtelConfigRequest(
+            config=otel_config_pb2.OtelConfig(
+                traces=otel_config_pb2.ExporterConfig(
+                    endpoint="http://127.0.0.1:4318/v1/traces",
+                    headers={"Authorization": SECRET},
                 )
-            ),
-            timeout=5,
-        )
+            )
+        ),
+        timeout=5,
+    )
     code, out, err = await Cli(gw, capsys)("otel", "get")
     assert (code, err) == (0, "")
     doc = json.loads(out)
@@ -131,8 +103,8 @@ async def test_otel_set_applies_and_spans_arrive_with_the_header(
     assert reply["config"]["traces"]["headers"] == {"authorization": MASK}
     assert SECRET not in out
 
-    await complete(gw, TRACE_A)
-    await flush(gw)
+    await complete(gw, TRACE_A, text="cli test")
+    await flush_spans(gw)
     first = [r for r in http_rx.requests if r.path == "/first/v1/traces"]
     assert first
     assert {r.headers["authorization"] for r in first} == {SECRET}
@@ -143,8 +115,8 @@ async def test_otel_set_applies_and_spans_arrive_with_the_header(
     assert (code, err) == (0, ""), err
     assert json.loads(out)["version"] == "2"
     http_rx.clear()
-    await complete(gw, TRACE_B)
-    await flush(gw)
+    await complete(gw, TRACE_B, text="cli test")
+    await flush_spans(gw)
     moved = [r for r in http_rx.requests if r.path == "/v1/traces"]
     assert moved
     assert {r.headers["authorization"] for r in moved} == {SECRET}
@@ -249,8 +221,8 @@ async def test_traces_list_and_show(
     start_gateway: StartGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gw = await start_gateway()
-    await complete(gw, TRACE_A, TRACE_B)
-    await flush(gw)
+    await complete(gw, TRACE_A, TRACE_B, text="cli test")
+    await flush_spans(gw)
     run = Cli(gw, capsys)
 
     code, out, err = await run("traces", "list", "--model", "echo")
