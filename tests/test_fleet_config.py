@@ -15,11 +15,12 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
+from aigw.v1 import admin_pb2, completion_pb2_grpc, otel_config_pb2
 
 from admin.secret_box import new_key
 from gateway.config import StoreConfig
 from gateway.server import Gateway
+from tests.clients import admin_call, client_for, connect
 from tests.conftest import GatewayFactory, chat
 from tests.otlp_receivers import HttpOtlpReceiver
 from tests.postgres import PostgresCluster
@@ -32,17 +33,6 @@ SECRET = "fleet-secret-value-4f9a"
 CONVERGE_SECONDS = 15.0
 
 Fleet = Callable[..., Awaitable[list[Gateway]]]
-
-
-def admin_stub(gw: Gateway) -> tuple[grpc.aio.Channel, admin_pb2_grpc.AdminServiceStub]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}")
-    return channel, admin_pb2_grpc.AdminServiceStub(channel)
-
-
-async def call(gw: Gateway, method: str, request: object) -> object:
-    channel, stub = admin_stub(gw)
-    async with channel:
-        return await getattr(stub, method)(request, timeout=10)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -75,7 +65,7 @@ async def fleet(gateway_factory: GatewayFactory, fleet_env: dict[str, str]) -> F
 async def versions(gateways: list[Gateway]) -> list[int]:
     out = []
     for gw in gateways:
-        response = await call(gw, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
+        response = await admin_call(gw, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
         out.append(response.version)
     return out
 
@@ -83,7 +73,7 @@ async def versions(gateways: list[Gateway]) -> list[int]:
 async def test_a_set_on_one_replica_is_applied_by_every_replica(fleet: Fleet) -> None:
     gws = await fleet(3)
     with HttpOtlpReceiver() as receiver:
-        set_response = await call(
+        set_response = await admin_call(
             gws[0],
             "SetOtelConfig",
             admin_pb2.SetOtelConfigRequest(config=traces_section(receiver.traces_url)),
@@ -96,7 +86,7 @@ async def test_a_set_on_one_replica_is_applied_by_every_replica(fleet: Fleet) ->
         await eventually(all_applied, "every replica on version 1")
         # Applied means exporting: a call on each replica reaches the receiver.
         for gw in gws:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+            async with connect(gw) as ch:
                 await completion_pb2_grpc.CompletionStub(ch).Complete(chat("x"), timeout=5)
         await asyncio.to_thread(receiver.wait_for_requests, 1, 10)
 
@@ -113,11 +103,11 @@ async def test_a_set_on_one_replica_is_applied_by_every_replica(fleet: Fleet) ->
         await eventually(three_instances_exported, "spans from all three replicas")
 
         async def converged() -> bool:
-            listing = await call(gws[2], "ListReplicas", admin_pb2.ListReplicasRequest())
+            listing = await admin_call(gws[2], "ListReplicas", admin_pb2.ListReplicasRequest())
             return listing.converged and listing.current_version == 1
 
         await eventually(converged, "ListReplicas converged on version 1")
-        listing = await call(gws[2], "ListReplicas", admin_pb2.ListReplicasRequest())
+        listing = await admin_call(gws[2], "ListReplicas", admin_pb2.ListReplicasRequest())
     assert {r.instance_id for r in listing.replicas} == {gw.instance_id for gw in gws}
     assert all(r.state == admin_pb2.REPLICA_STATE_LIVE for r in listing.replicas)
     assert [r.self for r in listing.replicas].count(True) == 1
@@ -129,7 +119,7 @@ async def test_a_set_on_one_replica_is_applied_by_every_replica(fleet: Fleet) ->
 
 async def test_concurrent_sets_with_one_expected_version_exactly_one_wins(fleet: Fleet) -> None:
     gws = await fleet(3)
-    channels = [admin_stub(gw) for gw in gws]
+    clients = [(await client_for(gw))[1] for gw in gws]
     try:
 
         async def attempt(i: int) -> grpc.StatusCode:
@@ -138,18 +128,20 @@ async def test_concurrent_sets_with_one_expected_version_exactly_one_wins(fleet:
                 expected_version=0,
             )
             try:
-                await channels[i % 3][1].SetOtelConfig(request, timeout=10)
+                await clients[i % 3].admin.SetOtelConfig(request, timeout=10)
             except grpc.aio.AioRpcError as e:
                 return e.code()
             return grpc.StatusCode.OK
 
         codes = await asyncio.gather(*(attempt(i) for i in range(12)))
     finally:
-        for channel, _ in channels:
-            await channel.close()
+        for client in clients:
+            await client.channel.close()
     assert codes.count(grpc.StatusCode.OK) == 1
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}
-    history = await call(gws[1], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest())
+    history = await admin_call(
+        gws[1], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest()
+    )
     assert [v.version for v in history.versions] == [1]
 
 
@@ -158,19 +150,19 @@ async def test_history_and_rollback_restore_secrets(
 ) -> None:
     gws = await fleet(2)
     with HttpOtlpReceiver() as first, HttpOtlpReceiver() as second:
-        await call(
+        await admin_call(
             gws[0],
             "SetOtelConfig",
             admin_pb2.SetOtelConfigRequest(
                 config=traces_section(first.traces_url, headers={"x-api-key": SECRET})
             ),
         )
-        await call(
+        await admin_call(
             gws[1],
             "SetOtelConfig",
             admin_pb2.SetOtelConfigRequest(config=traces_section(second.traces_url)),
         )
-        history = await call(
+        history = await admin_call(
             gws[0], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest()
         )
         assert [v.version for v in history.versions] == [2, 1]
@@ -180,12 +172,12 @@ async def test_history_and_rollback_restore_secrets(
         assert SECRET not in str(history)
 
         # Paging: one per page, then the end.
-        page = await call(
+        page = await admin_call(
             gws[0], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest(page_size=1)
         )
         assert [v.version for v in page.versions] == [2]
         assert page.next_before_version == 2
-        page = await call(
+        page = await admin_call(
             gws[0],
             "ListOtelConfigHistory",
             admin_pb2.ListOtelConfigHistoryRequest(page_size=1, before_version=2),
@@ -193,7 +185,7 @@ async def test_history_and_rollback_restore_secrets(
         assert [v.version for v in page.versions] == [1]
         assert page.next_before_version == 0
 
-        rolled = await call(
+        rolled = await admin_call(
             gws[1],
             "RollbackOtelConfig",
             admin_pb2.RollbackOtelConfigRequest(version=1, expected_version=2),
@@ -208,25 +200,29 @@ async def test_history_and_rollback_restore_secrets(
         # The secret came back with the rollback: the backend receives it from both replicas.
         first.clear()
         for gw in gws:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+            async with connect(gw) as ch:
                 await completion_pb2_grpc.CompletionStub(ch).Complete(chat("y"), timeout=5)
         records = await asyncio.to_thread(first.wait_for_requests, 1, 10)
         assert all(r.headers.get("x-api-key") == SECRET for r in records)
 
-    history = await call(gws[0], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest())
+    history = await admin_call(
+        gws[0], "ListOtelConfigHistory", admin_pb2.ListOtelConfigHistoryRequest()
+    )
     assert history.versions[0].action == "rollback"
     assert history.versions[0].restored_version == 1
 
     # A stale rollback changes nothing; an unknown version is NOT_FOUND.
     with pytest.raises(grpc.aio.AioRpcError) as stale:
-        await call(
+        await admin_call(
             gws[0],
             "RollbackOtelConfig",
             admin_pb2.RollbackOtelConfigRequest(version=2, expected_version=2),
         )
     assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await call(gws[0], "RollbackOtelConfig", admin_pb2.RollbackOtelConfigRequest(version=99))
+        await admin_call(
+            gws[0], "RollbackOtelConfig", admin_pb2.RollbackOtelConfigRequest(version=99)
+        )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert "version" in (unknown.value.details() or "")
 
@@ -243,7 +239,7 @@ async def test_without_an_encryption_key_secrets_are_refused(
 ) -> None:
     (gw,) = await fleet(1, env={"AIGW_DATABASE_URL": database_url})
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call(
+        await admin_call(
             gw,
             "SetOtelConfig",
             admin_pb2.SetOtelConfigRequest(
@@ -255,11 +251,11 @@ async def test_without_an_encryption_key_secrets_are_refused(
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "AIGW_CONFIG_KEY" in (refused.value.details() or "")
     assert SECRET not in (refused.value.details() or "")
-    response = await call(gw, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
+    response = await admin_call(gw, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
     assert response.version == 0  # nothing changed
     assert not response.config.traces.enabled
     # Without header values a key is not needed.
-    ok = await call(
+    ok = await admin_call(
         gw,
         "SetOtelConfig",
         admin_pb2.SetOtelConfigRequest(
@@ -279,7 +275,7 @@ async def test_replicas_that_stop_are_shown_gone_then_forgotten(
     leaves = await gateway_factory(env=fleet_env, store=store)
 
     async def listed() -> dict[str, int]:
-        listing = await call(stays, "ListReplicas", admin_pb2.ListReplicasRequest())
+        listing = await admin_call(stays, "ListReplicas", admin_pb2.ListReplicasRequest())
         return {r.instance_id: r.state for r in listing.replicas}
 
     async def both_live() -> bool:
@@ -309,7 +305,7 @@ async def test_a_replica_whose_database_is_down_at_start_serves_on_its_cached_co
 ) -> None:
     state = tmp_path / "replica"
     first = await gateway_factory(state_dir=state, env=fleet_env, store=FAST)
-    await call(
+    await admin_call(
         first,
         "SetOtelConfig",
         admin_pb2.SetOtelConfigRequest(
@@ -320,7 +316,7 @@ async def test_a_replica_whose_database_is_down_at_start_serves_on_its_cached_co
     pg_cluster.stop()
     try:
         again = await gateway_factory(state_dir=state, env=fleet_env, store=FAST)
-        response = await call(again, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
+        response = await admin_call(again, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
         assert response.version == 1
         assert response.config.traces.endpoint == "http://127.0.0.1:4999/v1/traces"
         assert response.store.backend == "postgres"
@@ -329,12 +325,12 @@ async def test_a_replica_whose_database_is_down_at_start_serves_on_its_cached_co
         assert pg_cluster.password not in response.store.last_error
         assert "cached config" in caplog.text
         # It serves.
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{again.port}") as ch:
+        async with connect(again) as ch:
             answer = await completion_pb2_grpc.CompletionStub(ch).Complete(chat("hi"), timeout=5)
         assert answer.content == "hi"
         # A change cannot be made while the store is away, and nothing changes.
         with pytest.raises(grpc.aio.AioRpcError) as down:
-            await call(
+            await admin_call(
                 again,
                 "SetOtelConfig",
                 admin_pb2.SetOtelConfigRequest(config=traces_section("http://127.0.0.1:1/x")),
@@ -345,7 +341,7 @@ async def test_a_replica_whose_database_is_down_at_start_serves_on_its_cached_co
         pg_cluster.start()
 
     async def reconnected() -> bool:
-        response = await call(again, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
+        response = await admin_call(again, "GetOtelConfig", admin_pb2.GetOtelConfigRequest())
         return response.store.connected
 
     await eventually(reconnected, "the store reconnected")
