@@ -6,13 +6,13 @@ import asyncio
 import json
 from pathlib import Path
 
-import grpc
 import pytest
-from aigw.v1 import admin_pb2, admin_pb2_grpc, otel_config_pb2
+from aigw.v1 import admin_pb2, otel_config_pb2
 
 from admin import cli
 from admin.config_store_file import MAX_HISTORY, FileConfigStore
 from gateway.server import OTEL_CONFIG_FILE
+from tests.clients import open_client
 from tests.conftest import GatewayFactory
 
 SECRET = "file-history-secret-77aa31"
@@ -38,8 +38,8 @@ async def test_history_rollback_and_the_cli(
 ) -> None:
     gw = await gateway_factory(state_dir=tmp_path / "s", env={"AIGW_ADMIN_TOKEN": "t0ken-abc123"})
     meta = (("authorization", "Bearer t0ken-abc123"),)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        admin = admin_pb2_grpc.AdminServiceStub(ch)
+    async with open_client(gw) as client:
+        admin = client.admin
         await admin.SetOtelConfig(
             admin_pb2.SetOtelConfigRequest(
                 config=section("http://127.0.0.1:4001/v1/traces", headers={"x-key": SECRET})

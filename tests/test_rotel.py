@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import pytest
 import rotel
-from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
+from aigw.v1 import admin_pb2, otel_config_pb2
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -39,6 +38,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from gateway.config import RouteConfig, TelemetryConfig
 from gateway.server import Gateway
 from gateway.telemetry.catalog import CATALOG
+from tests.clients import admin_call, open_client
 from tests.conftest import GatewayFactory, chat
 from tests.otlp_receivers import GrpcOtlpReceiver
 
@@ -272,8 +272,8 @@ def _section(
 
 
 async def _complete(gw: Gateway, calls: int) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        stub = completion_pb2_grpc.CompletionStub(ch)
+    async with open_client(gw) as client:
+        stub = client.completion
         for _ in range(calls):
             reply = await stub.Complete(chat(PROMPT), timeout=5)
             assert reply.usage.input_tokens == INPUT_TOKENS
@@ -316,10 +316,7 @@ async def test_traces_and_metrics_through_rotel(
             temporality,
         ),
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        await admin_pb2_grpc.AdminServiceStub(ch).SetOtelConfig(
-            admin_pb2.SetOtelConfigRequest(config=config), timeout=10
-        )
+    await admin_call(gw, "SetOtelConfig", admin_pb2.SetOtelConfigRequest(config=config))
 
     def cost_points() -> list[Any]:
         metrics = _exported(receiver, instance_id).metrics

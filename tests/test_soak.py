@@ -15,10 +15,10 @@ import os
 import signal
 from pathlib import Path
 
-import grpc
-from aigw.v1 import admin_pb2, admin_pb2_grpc, completion_pb2_grpc, otel_config_pb2
+from aigw.v1 import admin_pb2, otel_config_pb2
 
 from gateway.telemetry.trace_store_sqlite import SqliteTraceStore
+from tests.clients import open_client
 from tests.conftest import chat
 from tests.otlp_receivers import GrpcOtlpReceiver, HttpOtlpReceiver
 from tests.processes import start_gateway_process, stop_process
@@ -56,9 +56,8 @@ async def test_soak_switching_export_under_load(tmp_path: Path) -> None:
         failures: list[str] = []
         completed = 0
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                admin = admin_pb2_grpc.AdminServiceStub(ch)
-                completion = completion_pb2_grpc.CompletionStub(ch)
+            async with open_client(port) as client:
+                admin, completion = client.admin, client.completion
 
                 async def switch(section: otel_config_pb2.ExporterConfig) -> None:
                     await admin.SetOtelConfig(
