@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import RouteConfig, TelemetryConfig
 from gateway.server import Gateway
 from tests.conftest import GatewayFactory, chat
+from tests.openai_stub import Fault, OpenAIStub
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -268,13 +269,91 @@ async def test_metadata_labels_are_allow_listed_and_capped(
     assert "r5" not in text
 
 
-async def test_exposition_passes_promtool_lint(gateway: Gateway) -> None:
+# Label values that exposition escaping must get right: a quote, a backslash, a newline, and
+# text beyond ASCII. Each is a tenant in the test below.
+AWKWARD_TENANTS = ('acme "quoted"', "back\\slash", "two\nlines", "ünïcødé ✓ 租户")
+
+
+async def test_the_whole_exposition_passes_promtool(
+    gateway_factory: GatewayFactory, openai_stub: OpenAIStub
+) -> None:
+    """Every kind of series the gateway can expose, at once: a priced route (cost), RPC and
+    upstream errors, streamed calls, metadata labels past their cap ("other"), and label values
+    with quotes, backslashes, newlines and unicode. promtool must find nothing to say."""
     assert shutil.which("promtool"), "promtool missing: `make test` installs Debian's prometheus"
-    ch, stub = await stub_for(gateway)
+    routes = {
+        "echo": RouteConfig(
+            name="echo",
+            provider="echo",
+            model="echo-1",
+            price_input_per_mtok=3.0,
+            price_output_per_mtok=15.0,
+        ),
+        "gpt": RouteConfig(
+            name="gpt",
+            provider="openai",
+            model="gpt-test",
+            base_url=openai_stub.base_url,
+            price_input_per_mtok=0.15,
+            price_output_per_mtok=0.6,
+        ),
+    }
+    # Cap 4: the awkward tenants take the 4 label values; "plain" and "more" become "other".
+    gw = await gateway_factory(
+        routes=routes,
+        telemetry=TelemetryConfig(metadata_labels=("tenant",), metadata_label_max_values=4),
+    )
+    ch, stub = await stub_for(gw)
     async with ch:
-        await stub.Complete(chat(), timeout=5)
-        _ = [c async for c in stub.StreamComplete(chat(), timeout=5)]
-    text = await asyncio.to_thread(scrape, gateway)
+        for tenant in (*AWKWARD_TENANTS, "plain", "more"):
+            await stub.Complete(chat("a b c", metadata={"tenant": tenant}), timeout=5)
+            _ = [
+                c
+                async for c in stub.StreamComplete(
+                    chat("d e", model="gpt", metadata={"tenant": tenant}), timeout=5
+                )
+            ]
+        for status in (429, 500):
+            openai_stub.next_responses.append(Fault(status=status, message="no"))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Complete(chat(model="gpt"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Complete(chat(model="nope"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Complete(chat("x", max_tokens=0), timeout=5)
+    async with asyncio.timeout(5):  # the last error's duration lands just after its status
+        while True:
+            text = await asyncio.to_thread(scrape, gw)
+            found = samples(text)
+            if value(found, "rpc_server_call_duration_seconds_count") >= 6 * 2 + 4:
+                break
+            await asyncio.sleep(0.02)
+
+    # The exposition really has each kind of series promtool is to judge.
+    assert value(found, "aigw_usage_cost_USD_total", aigw_route="echo") > 0
+    assert value(found, "aigw_usage_cost_USD_total", aigw_route="gpt") > 0
+    rpc = "rpc_server_call_duration_seconds_count"
+    for code in ("NOT_FOUND", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE"):
+        assert value(found, rpc, rpc_response_status_code=code) == 1, code
+    genai = "gen_ai_server_request_duration_seconds_count"
+    # An upstream HTTP error's error.type is its status.
+    assert value(found, genai, aigw_route="gpt", error_type="429") == 1
+    assert value(found, genai, aigw_route="gpt", error_type="500") == 1
+    assert value(found, "gen_ai_server_time_to_first_token_seconds_count") == 6
+    tenants = {
+        dict(labels)["metadata_tenant"]
+        for (name, labels) in found
+        if name == genai and "metadata_tenant" in dict(labels)
+    }
+    # Parsed back, every awkward value is intact: escaping was right, not merely accepted.
+    # ("": the error calls, which carried no tenant.)
+    assert tenants == {*AWKWARD_TENANTS, "other", ""}, tenants
+    assert value(found, genai, metadata_tenant="other") == 2 * 2  # 2 tenants x 2 calls
+    assert 'metadata_tenant="acme \\"quoted\\""' in text
+    assert 'metadata_tenant="two\\nlines"' in text
+    assert 'metadata_tenant="back\\\\slash"' in text
+    assert 'metadata_tenant="ünïcødé ✓ 租户"' in text
+
     result = await asyncio.to_thread(
         subprocess.run,
         ["promtool", "check", "metrics"],
