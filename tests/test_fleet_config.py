@@ -35,6 +35,10 @@ CONVERGE_SECONDS = 15.0
 Fleet = Callable[..., Awaitable[list[Gateway]]]
 
 
+# tests/test_export_tls_config.py imports `call` from here; it is tests.clients.admin_call.
+call = admin_call
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + CONVERGE_SECONDS
     while not await check():
