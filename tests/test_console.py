@@ -1,7 +1,8 @@
 """The operator console in a real browser (headless Chromium through Selenium).
 
 The gateway runs on the test's event loop; browser steps are blocking, so each runs in a worker
-thread. The run saves screenshots of every page to docs/console/ (the README shows them).
+thread. The run saves screenshots of every page (to docs/console/, which the README shows,
+with AIGW_SCREENSHOTS=docs/console; else to a temp directory).
 """
 
 from __future__ import annotations
