@@ -49,8 +49,9 @@ Errors
     database's host:port) and the problem, never a credential. Bad arguments raise
     `ValueError` whose message starts with the argument's name.
 
-The rest of this module is shared by the backends: span → row encoding (JSON for attributes
-and events, plus the derived columns the summary is computed from), argument checks, the
+The rest of this module is shared by the backends: `SqlTraceStoreBase` (the queries,
+counters and context manager both keep alike), span → row encoding (JSON for attributes and
+events, plus the derived columns the summary is computed from), argument checks, the
 listing's WHERE clause and the page tokens.
 """
 
@@ -62,7 +63,8 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeAlias
+from types import TracebackType
+from typing import Any, ClassVar, Final, Protocol, Self, TypeAlias
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -200,12 +202,16 @@ class TraceStore(Protocol):
         """One page of trace summaries, newest first, and the next page's token ("" at the end).
 
         `start_min_ns` is inclusive and `start_max_ns` exclusive ("started before");
-        `status` is "OK", "ERROR" or "" for any. Raises `ValueError` naming the bad argument.
+        `status` is "OK", "ERROR" or "" for any. Raises `ValueError` naming the bad argument,
+        `TraceStoreUnavailable` while a database backend cannot be reached.
         """
         ...
 
     def get_trace(self, trace_id: str) -> list[StoredSpan]:
-        """Every stored span of `trace_id` (32 hex digits) by start time; [] when unknown."""
+        """Every stored span of `trace_id` (32 hex digits) by start time; [] when unknown.
+
+        Raises `TraceStoreUnavailable` while a database backend cannot be reached.
+        """
         ...
 
     @property
@@ -216,6 +222,83 @@ class TraceStore(Protocol):
     def close(self) -> None:
         """Release the store's connections; later calls are no-ops, later use raises."""
         ...
+
+
+class SqlTraceStoreBase:
+    """What both backends keep alike: the two queries over their tables, the counters and the
+    context manager. A backend names its tables and its driver's parameter marker, counts into
+    `_written` and `_evicted`, and supplies `_query` and `close`."""
+
+    _TRACES_TABLE: ClassVar[str]
+    _SPANS_TABLE: ClassVar[str]
+    # The driver's parameter marker: "?" or "%s".
+    _PLACEHOLDER: ClassVar[str]
+
+    _written: int
+    _evicted: int
+
+    def _query(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        """The rows of one query; store errors as the contract says."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def written(self) -> int:
+        """Spans this store wrote since open (a re-written span counts again)."""
+        return self._written
+
+    @property
+    def evicted(self) -> int:
+        """Spans this store object's retention evicted since open (with a shared database,
+        other replicas' evictions are theirs)."""
+        return self._evicted
+
+    def list_traces(
+        self,
+        *,
+        model: str = "",
+        status: str = "",
+        start_min_ns: int | None = None,
+        start_max_ns: int | None = None,
+        min_duration_ns: int = 0,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[TraceSummary], str]:
+        """See `TraceStore.list_traces`."""
+        sql, params = list_query(
+            self._TRACES_TABLE,
+            self._PLACEHOLDER,
+            model=model,
+            status=status,
+            start_min_ns=start_min_ns,
+            start_max_ns=start_max_ns,
+            min_duration_ns=min_duration_ns,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return summary_page(self._query(sql, params), page_size)
+
+    def get_trace(self, trace_id: str) -> list[StoredSpan]:
+        """See `TraceStore.get_trace`."""
+        rows = self._query(
+            f"SELECT {STORED_SPAN_COLUMNS} FROM {self._SPANS_TABLE}"  # noqa: S608 - constants
+            f" WHERE trace_id = {self._PLACEHOLDER} ORDER BY start_ns, span_id",
+            [check_trace_id(trace_id)],
+        )
+        return [stored_span(row) for row in rows]
 
 
 # ---------------------------------------------------------------------- encoding

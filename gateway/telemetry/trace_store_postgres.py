@@ -76,7 +76,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast
 
 import psycopg
@@ -95,19 +94,13 @@ from gateway.postgres import (
 from gateway.redaction import REDACTOR
 from gateway.telemetry.trace_store import (
     SPAN_ROW_COLUMNS,
-    STORED_SPAN_COLUMNS,
     SpanRow,
-    StoredSpan,
+    SqlTraceStoreBase,
     TraceStoreError,
     TraceStoreUnavailable,
-    TraceSummary,
     check_limits,
-    check_trace_id,
     clamp_int64,
-    list_query,
     span_row,
-    stored_span,
-    summary_page,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_COMPONENT", "PostgresTraceStore"]
@@ -250,8 +243,12 @@ RETURNING trace_id
 _T = TypeVar("_T")
 
 
-class PostgresTraceStore:
+class PostgresTraceStore(SqlTraceStoreBase):
     """A trace store in a shared PostgreSQL database; build it with `PostgresTraceStore.open`."""
+
+    _TRACES_TABLE = "aigw_traces"
+    _SPANS_TABLE = "aigw_spans"
+    _PLACEHOLDER = "%s"
 
     def __init__(
         self,
@@ -352,29 +349,6 @@ class PostgresTraceStore:
             self._writer.discard()
             self._reader.discard()
         REDACTOR.set_secrets(self._redactor_key, ())
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ counters
-
-    @property
-    def written(self) -> int:
-        """Spans this store wrote since open (a re-written span counts again)."""
-        return self._written
-
-    @property
-    def evicted(self) -> int:
-        """Spans this replica's retention runs evicted since open."""
-        return self._evicted
 
     # ------------------------------------------------------------------ writes
 
@@ -486,49 +460,6 @@ class PostgresTraceStore:
             return max(cur.rowcount, 0)
 
     # ------------------------------------------------------------------ queries
-
-    def list_traces(
-        self,
-        *,
-        model: str = "",
-        status: str = "",
-        start_min_ns: int | None = None,
-        start_max_ns: int | None = None,
-        min_duration_ns: int = 0,
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> tuple[list[TraceSummary], str]:
-        """One page of trace summaries, newest first, and the next page's token ("" at the end).
-
-        `start_min_ns` is inclusive and `start_max_ns` exclusive ("started before");
-        `status` is "OK", "ERROR" or "" for any. Raises `ValueError` naming the bad argument,
-        `TraceStoreUnavailable` while the database cannot be reached.
-        """
-        sql, params = list_query(
-            "aigw_traces",
-            "%s",
-            model=model,
-            status=status,
-            start_min_ns=start_min_ns,
-            start_max_ns=start_max_ns,
-            min_duration_ns=min_duration_ns,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return summary_page(self._query(sql, params), page_size)
-
-    def get_trace(self, trace_id: str) -> list[StoredSpan]:
-        """Every stored span of `trace_id` (32 hex digits) by start time; [] when unknown.
-
-        Raises `TraceStoreUnavailable` while the database cannot be reached.
-        """
-        trace_id = check_trace_id(trace_id)
-        rows = self._query(
-            f"SELECT {STORED_SPAN_COLUMNS} FROM aigw_spans WHERE trace_id = %s"  # noqa: S608
-            " ORDER BY start_ns, span_id",
-            [trace_id],
-        )
-        return [stored_span(row) for row in rows]
 
     def _query(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._reader.lock:

@@ -45,9 +45,8 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -55,17 +54,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from gateway.state_dir import private_dir
 from gateway.telemetry.trace_store import (
     SPAN_ROW_COLUMNS,
-    STORED_SPAN_COLUMNS,
-    StoredSpan,
+    SqlTraceStoreBase,
     TraceStoreError,
-    TraceSummary,
     check_limits,
-    check_trace_id,
     clamp_int64,
-    list_query,
     span_row,
-    stored_span,
-    summary_page,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteTraceStore"]
@@ -175,8 +168,12 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 
-class SqliteTraceStore:
+class SqliteTraceStore(SqlTraceStoreBase):
     """An embedded SQLite trace store; build it with `SqliteTraceStore.open`."""
+
+    _TRACES_TABLE = "traces"
+    _SPANS_TABLE = "spans"
+    _PLACEHOLDER = "?"
 
     def __init__(
         self,
@@ -250,28 +247,7 @@ class SqliteTraceStore:
             self._closed = True
             _close_quietly(self._writer, self._reader)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ counters
-
-    @property
-    def written(self) -> int:
-        """Spans written since open (a re-written span counts again)."""
-        return self._written
-
-    @property
-    def evicted(self) -> int:
-        """Spans evicted by retention since open."""
-        return self._evicted
 
     @property
     def span_count(self) -> int:
@@ -379,46 +355,7 @@ class SqliteTraceStore:
 
     # ------------------------------------------------------------------ queries
 
-    def list_traces(
-        self,
-        *,
-        model: str = "",
-        status: str = "",
-        start_min_ns: int | None = None,
-        start_max_ns: int | None = None,
-        min_duration_ns: int = 0,
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> tuple[list[TraceSummary], str]:
-        """One page of trace summaries, newest first, and the next page's token ("" at the end).
-
-        `start_min_ns` is inclusive and `start_max_ns` exclusive ("started before");
-        `status` is "OK", "ERROR" or "" for any. Raises `ValueError` naming the bad argument.
-        """
-        sql, params = list_query(
-            "traces",
-            "?",
-            model=model,
-            status=status,
-            start_min_ns=start_min_ns,
-            start_max_ns=start_max_ns,
-            min_duration_ns=min_duration_ns,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return summary_page(self._query(sql, params), page_size)
-
-    def get_trace(self, trace_id: str) -> list[StoredSpan]:
-        """Every stored span of `trace_id` (32 hex digits) by start time; [] when unknown."""
-        trace_id = check_trace_id(trace_id)
-        rows = self._query(
-            f"SELECT {STORED_SPAN_COLUMNS} FROM spans WHERE trace_id = ?"  # noqa: S608 - constant
-            " ORDER BY start_ns, span_id",
-            (trace_id,),
-        )
-        return [stored_span(row) for row in rows]
-
-    def _query(self, sql: str, params: Iterable[object]) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._read_lock:
             self._check_open()
             try:
