@@ -1,13 +1,18 @@
-"""What the OpenAIProvider tests share: the route, the request, the key they hunt, and the
-raw chunks they script the stub with (the stub itself is the suite-wide `openai_stub` fixture)."""
+"""What the OpenAIProvider tests share: the route, the request, the key they hunt, the raw
+chunks they script the stub with, and their fixtures (each test module imports them; the stub
+itself is the suite-wide `openai_stub` fixture)."""
 
 from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from gateway.chat import ChatChunk, ChatMessage, ChatRequest, ChatResult
 from gateway.config import RouteConfig
 from gateway.providers.openai import OpenAIProvider
+from tests.openai_stub import OpenAIStub
 
 ENV = "AIGW_TEST_OPENAI_KEY"
 KEY = "sk-test-4f9d2c7b1e8a6d3f"
@@ -16,6 +21,30 @@ PROMPT = "hello there world"
 INPUT_TOKENS = 5
 OUTPUT_TOKENS = 4
 MODES = pytest.mark.parametrize("mode", ["complete", "stream"])
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, KEY)
+    # A developer's proxy settings would send loopback traffic elsewhere.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture(name="provider")
+async def provider_fixture(openai_stub: OpenAIStub) -> AsyncIterator[OpenAIProvider]:
+    p = OpenAIProvider(make_route(openai_stub.base_url))
+    yield p
+    await p.aclose()
+
+
+@pytest.fixture(name="refused_url")
+def refused_url_fixture() -> Iterator[str]:
+    # Bound but not listening: connections are refused and no one else can take the port.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 def make_route(base_url: str, *, api_key_env: str = ENV) -> RouteConfig:

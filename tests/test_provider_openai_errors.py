@@ -3,9 +3,6 @@ error (HTTP codes, error bodies, mid-stream error events), and the API key never
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Iterator
-
 import grpc
 import pytest
 
@@ -16,44 +13,21 @@ from gateway.errors import (
     UpstreamProtocolError,
 )
 from gateway.providers.openai import OpenAIProvider
-from tests.openai_provider_support import (
+from tests.openai_provider_support import (  # noqa: F401 - fixtures
     ENV,
     KEY,
     MODES,
+    _environment,
     assert_no_key,
     call,
     chat,
     chunk,
     collect,
     make_route,
+    provider_fixture,
     read_into,
 )
 from tests.openai_stub import Fault, OpenAIStub, Reply, sse
-
-
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, KEY)
-    # A developer's proxy settings would send loopback traffic elsewhere.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-
-
-@pytest.fixture
-async def provider(openai_stub: OpenAIStub) -> AsyncIterator[OpenAIProvider]:
-    p = OpenAIProvider(make_route(openai_stub.base_url))
-    yield p
-    await p.aclose()
-
-
-@pytest.fixture
-def refused_url() -> Iterator[str]:
-    # Bound but not listening: connections are refused and no one else can take the port.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-
 
 # --- upstream errors ---------------------------------------------------------------------------
 

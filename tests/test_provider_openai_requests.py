@@ -4,54 +4,29 @@ back (unary results, stream deltas, endings, SSE framing)."""
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.chat import ChatResult
 from gateway.providers.openai import OpenAIProvider
-from tests.openai_provider_support import (
+from tests.openai_provider_support import (  # noqa: F401 - fixtures
     ENV,
     INPUT_TOKENS,
     KEY,
     MODES,
     OUTPUT_TOKENS,
     PROMPT,
+    _environment,
     call,
     chat,
     chunk,
     collect,
     make_route,
+    provider_fixture,
     usage_chunk,
 )
 from tests.openai_stub import OpenAIStub, Reply, reply_text, sse
-
-
-@pytest.fixture(autouse=True)
-def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV, KEY)
-    # A developer's proxy settings would send loopback traffic elsewhere.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-
-
-@pytest.fixture
-async def provider(openai_stub: OpenAIStub) -> AsyncIterator[OpenAIProvider]:
-    p = OpenAIProvider(make_route(openai_stub.base_url))
-    yield p
-    await p.aclose()
-
-
-@pytest.fixture
-def refused_url() -> Iterator[str]:
-    # Bound but not listening: connections are refused and no one else can take the port.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-
 
 # --- what goes on the wire ----------------------------------------------------------------------
 
