@@ -11,42 +11,24 @@ import logging
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.certs import CertificateAuthority
 from tests.conftest import GatewayFactory
-from tests.tls_listener_support import (
+from tests.tls_listener_support import (  # noqa: F401 - fixtures
     GRPCURL,
     README,
     Pki,
+    _clean_cli_env,
     agrpcurl,
     assert_no_key_material,
+    cas_fixture,
     channel,
     complete,
-    make_pki,
+    pki_fixture,
     refused,
     run_cli,
 )
-
-
-@pytest.fixture(scope="module")
-def cas() -> tuple[CertificateAuthority, CertificateAuthority]:
-    return CertificateAuthority("aigw test CA"), CertificateAuthority("some other CA")
-
-
-@pytest.fixture
-def pki(tmp_path: Path, cas: tuple[CertificateAuthority, CertificateAuthority]) -> Pki:
-    return make_pki(tmp_path, cas)
-
-
-@pytest.fixture(autouse=True)
-def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AIGW_ADMIN_TOKEN", "AIGW_ADDR", "AIGW_CACERT", "AIGW_CLIENT_CERT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("AIGW_CLIENT_KEY", raising=False)
-
 
 # --- TLS and mTLS with the real grpcurl ---------------------------------------------------------
 

@@ -17,35 +17,18 @@ from cryptography.hazmat.primitives import serialization
 from gateway.config import load_config
 from gateway.server import Gateway
 from gateway.tls import TlsFileError, is_loopback_host
-from tests.certs import CertificateAuthority
 from tests.clients import connect
 from tests.conftest import GatewayFactory, make_config
 from tests.processes import clean_env
-from tests.tls_listener_support import (
+from tests.tls_listener_support import (  # noqa: F401 - fixtures
     Pki,
+    _clean_cli_env,
     assert_no_key_material,
-    make_pki,
+    cas_fixture,
+    pki_fixture,
     problems_of,
     write_config,
 )
-
-
-@pytest.fixture(scope="module")
-def cas() -> tuple[CertificateAuthority, CertificateAuthority]:
-    return CertificateAuthority("aigw test CA"), CertificateAuthority("some other CA")
-
-
-@pytest.fixture
-def pki(tmp_path: Path, cas: tuple[CertificateAuthority, CertificateAuthority]) -> Pki:
-    return make_pki(tmp_path, cas)
-
-
-@pytest.fixture(autouse=True)
-def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AIGW_ADMIN_TOKEN", "AIGW_ADDR", "AIGW_CACERT", "AIGW_CLIENT_CERT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("AIGW_CLIENT_KEY", raising=False)
-
 
 # --- the warning off loopback -------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -16,36 +15,20 @@ from aigw.v1 import completion_pb2_grpc
 
 from tests.certs import CertificateAuthority
 from tests.conftest import GatewayFactory, chat
-from tests.tls_listener_support import (
+from tests.tls_listener_support import (  # noqa: F401 - fixtures
     SLOW_ECHO,
     Pki,
+    _clean_cli_env,
     aserved,
     assert_no_key_material,
+    cas_fixture,
     channel,
     complete,
     der,
-    make_pki,
+    pki_fixture,
     refused,
     replace_atomically,
 )
-
-
-@pytest.fixture(scope="module")
-def cas() -> tuple[CertificateAuthority, CertificateAuthority]:
-    return CertificateAuthority("aigw test CA"), CertificateAuthority("some other CA")
-
-
-@pytest.fixture
-def pki(tmp_path: Path, cas: tuple[CertificateAuthority, CertificateAuthority]) -> Pki:
-    return make_pki(tmp_path, cas)
-
-
-@pytest.fixture(autouse=True)
-def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AIGW_ADMIN_TOKEN", "AIGW_ADDR", "AIGW_CACERT", "AIGW_CLIENT_CERT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("AIGW_CLIENT_KEY", raising=False)
-
 
 # --- rotation -----------------------------------------------------------------------------------
 

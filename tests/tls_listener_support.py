@@ -1,5 +1,6 @@
 """What the gRPC listener TLS tests share: the test PKI (tests/certs.py), the real grpcurl,
-TLS channels and raw `ssl` probes, the in-process aigw-admin, and the private-key hunt."""
+TLS channels and raw `ssl` probes, the in-process aigw-admin, the private-key hunt, and their
+fixtures (each test module imports them)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,20 @@ class Pki:
         return {**files, "client_ca_file": self.ca_file} if mutual else files
 
 
-def make_pki(tmp_path: Path, cas: tuple[CertificateAuthority, CertificateAuthority]) -> Pki:
+@pytest.fixture(autouse=True)
+def _clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AIGW_ADMIN_TOKEN", "AIGW_ADDR", "AIGW_CACERT", "AIGW_CLIENT_CERT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AIGW_CLIENT_KEY", raising=False)
+
+
+@pytest.fixture(name="cas", scope="module")
+def cas_fixture() -> tuple[CertificateAuthority, CertificateAuthority]:
+    return CertificateAuthority("aigw test CA"), CertificateAuthority("some other CA")
+
+
+@pytest.fixture(name="pki")
+def pki_fixture(tmp_path: Path, cas: tuple[CertificateAuthority, CertificateAuthority]) -> Pki:
     """A Pki written under `tmp_path` from the two CAs (one the server's, one a stranger's)."""
     ca, other = cas
     d = tmp_path / "pki"
