@@ -231,6 +231,13 @@ async def test_mtls_refuses_without_a_client_certificate_and_exports_with_one(
         good = tls_config(pki.ca, pki.client)
         result = await client.test(section(label, endpoint, good))
         assert result.success, result
+        # The metrics section takes the same settings.
+        metrics = rx.endpoint if isinstance(rx, TlsGrpcOtlpReceiver) else rx.metrics_url
+        request = admin_pb2.TestOtelConfigRequest(
+            config=otel_config_pb2.OtelConfig(metrics=section(label, metrics, good))
+        )
+        assert (await client.admin.TestOtelConfig(request, timeout=30)).metrics.success
+        assert rx.metric_points()
         await client.set(section(label, endpoint, good, enabled=True))
         await client.export_one()
         assert len(rx.spans()) >= 2  # the probe's, then the live export's
