@@ -1,5 +1,7 @@
-"""After a run that uses exporter headers and a provider API key, no secret is anywhere it
-should not be: logs, trace store, /metrics, admin responses, exported telemetry."""
+"""After a run that uses exporter headers, a provider API key, the admin token and client API
+keys — with DEBUG logging on — no secret is anywhere it should not be: logs, trace store,
+/metrics, admin responses, exported telemetry, and (for the caller's credentials) the requests
+sent upstream."""
 
 from __future__ import annotations
 
@@ -20,7 +22,21 @@ from tests.processes import start_gateway_process, stop_process
 
 PROVIDER_KEY = "sk-live-PROVIDERSECRET-0123456789"
 EXPORT_SECRET = "otlp-EXPORTSECRET-abcdef0123456789"
-SECRETS = (PROVIDER_KEY, EXPORT_SECRET, "PROVIDERSECRET", "EXPORTSECRET")
+ADMIN_TOKEN = "adm-ADMINSECRET-fedcba9876543210"
+CLIENT_KEYS = ("ck-CLIENTSECRETONE-0011223344", "ck-CLIENTSECRETTWO-5566778899")
+# The caller's credentials: never forwarded upstream either.
+CALLER_SECRETS = (
+    ADMIN_TOKEN,
+    *CLIENT_KEYS,
+    "ADMINSECRET",
+    "CLIENTSECRETONE",
+    "CLIENTSECRETTWO",
+)
+SECRETS = (PROVIDER_KEY, EXPORT_SECRET, "PROVIDERSECRET", "EXPORTSECRET", *CALLER_SECRETS)
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
 
 
 async def test_no_secret_leaks_anywhere(tmp_path: Path) -> None:
@@ -42,14 +58,39 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path) -> None:
             echoing.respond_with(401, f"invalid key: Bearer {EXPORT_SECRET}".encode())
             grpc_r.fail_with(grpc.StatusCode.UNAUTHENTICATED, f"bad token {EXPORT_SECRET}")
             proc, port, metrics_port = await start_gateway_process(
-                "--config", str(config), state_dir=state,
-                env={"AIGW_TEST_PROVIDER_KEY": PROVIDER_KEY},
+                "--config", str(config), "--log-level", "DEBUG", state_dir=state,
+                env={
+                    "AIGW_TEST_PROVIDER_KEY": PROVIDER_KEY,
+                    "AIGW_ADMIN_TOKEN": ADMIN_TOKEN,
+                    "AIGW_API_KEYS": ",".join(CLIENT_KEYS),
+                },
             )  # fmt: skip
             try:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                     admin = admin_pb2_grpc.AdminServiceStub(ch)
                     completion = completion_pb2_grpc.CompletionStub(ch)
                     headers = {"authorization": f"Bearer {EXPORT_SECRET}"}
+                    as_admin = bearer(ADMIN_TOKEN)
+
+                    # Refusals that carry a credential: a client key on AdminService, the
+                    # admin token cut short, a client key with a suffix.
+                    for metadata, code in (
+                        (bearer(CLIENT_KEYS[0]), grpc.StatusCode.PERMISSION_DENIED),
+                        (bearer(ADMIN_TOKEN[:-1]), grpc.StatusCode.UNAUTHENTICATED),
+                        (bearer(CLIENT_KEYS[1] + "x"), grpc.StatusCode.UNAUTHENTICATED),
+                    ):
+                        with pytest.raises(grpc.aio.AioRpcError) as refused:
+                            await admin.GetOtelConfig(
+                                admin_pb2.GetOtelConfigRequest(), metadata=metadata, timeout=5
+                            )
+                        assert refused.value.code() is code
+                        responses.append(refused.value.details())
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await completion.Complete(
+                            chat("hello"), metadata=bearer(CLIENT_KEYS[0] + "x"), timeout=5
+                        )
+                    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                    responses.append(refused.value.details())
 
                     async def set_traces(endpoint: str, protocol: int = 1) -> None:
                         section = otel_config_pb2.ExporterConfig(
@@ -65,6 +106,7 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path) -> None:
                             admin_pb2.SetOtelConfigRequest(
                                 config=otel_config_pb2.OtelConfig(traces=section, metrics=metrics)
                             ),
+                            metadata=as_admin,
                             timeout=10,
                         )
                         responses.append(str(reply))
@@ -75,9 +117,20 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path) -> None:
                         (good.traces_url, 1),
                     ):
                         await set_traces(endpoint, protocol)
-                        await completion.Complete(chat("hello"), timeout=5)
+                        await completion.Complete(
+                            chat("hello"), metadata=bearer(CLIENT_KEYS[0]), timeout=5
+                        )
+                        _ = [
+                            c
+                            async for c in completion.StreamComplete(
+                                chat("a b"), metadata=bearer(CLIENT_KEYS[1]), timeout=5
+                            )
+                        ]
                         with pytest.raises(grpc.aio.AioRpcError) as info:
-                            await completion.Complete(chat("hello", model="gpt"), timeout=5)
+                            # The admin token is a valid Completion credential too.
+                            await completion.Complete(
+                                chat("hello", model="gpt"), metadata=as_admin, timeout=5
+                            )
                         # The upstream echoed our key in its 401; the caller never sees it.
                         responses.append(info.value.details())
                         tested = await admin.TestOtelConfig(
@@ -88,15 +141,23 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path) -> None:
                                     )
                                 )
                             ),
+                            metadata=as_admin,
                             timeout=15,
                         )
                         responses.append(str(tested))
-                        got = await admin.GetOtelConfig(admin_pb2.GetOtelConfigRequest(), timeout=5)
+                        got = await admin.GetOtelConfig(
+                            admin_pb2.GetOtelConfigRequest(), metadata=as_admin, timeout=5
+                        )
                         responses.append(str(got))
-                    listed = await admin.ListTraces(admin_pb2.ListTracesRequest(), timeout=5)
+                    listed = await admin.ListTraces(
+                        admin_pb2.ListTracesRequest(), metadata=as_admin, timeout=5
+                    )
+                    assert listed.traces
                     for t in listed.traces:
                         trace = await admin.GetTrace(
-                            admin_pb2.GetTraceRequest(trace_id=t.trace_id), timeout=5
+                            admin_pb2.GetTraceRequest(trace_id=t.trace_id),
+                            metadata=as_admin,
+                            timeout=5,
                         )
                         responses.append(str(trace))
                 url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -118,6 +179,13 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path) -> None:
     assert good.spans(), "the good receiver got the spans"
     log = "".join(proc.log_lines)  # type: ignore[attr-defined]
     assert "401" in log or "http_4xx" in log  # the failures were logged …
+    assert " DEBUG " in log  # … and DEBUG logging was really on
+    # The caller's credentials stay at the gateway: nothing sent upstream carries them.
+    upstream = "\n".join(
+        f"{r.method} {r.path} {r.headers} {r.raw_body.decode('latin-1')}" for r in upstream_requests
+    )
+    for secret in CALLER_SECRETS:
+        assert secret not in upstream, f"{secret!r} was forwarded upstream"
     store_bytes = b"".join(p.read_bytes() for p in state.glob("traces.db*"))
     places = {
         "log": log,
