@@ -41,6 +41,7 @@ from admin.config_store import (
     Update,
     decode_section,
     encode_section,
+    section_secrets,
 )
 from admin.config_store_file import FileConfigStore
 from admin.secret_box import SecretBox, SecretBoxError
@@ -177,16 +178,23 @@ class PostgresConfigStore:
 
     def _row_version(self, row: tuple[Any, ...]) -> ConfigVersion:
         version, applied_at, author, action, restored, config, sealed = row
-        values: dict[str, dict[str, str]] = {}
+        values: dict[str, Any] = {}
         if sealed:
             try:
                 values = json.loads(self._box.open(sealed))
             except SecretBoxError as e:
                 raise ConfigStoreError(f"config store version {version}", str(e)) from None
+        # "secrets": what the plain column masks besides header values (the endpoint with its
+        # query values, the TLS key); rows written before it existed have none.
+        secrets = values.get("secrets", {})
         try:
             settings = OtelSettings(
-                traces=decode_section(config["traces"], values.get("traces", {})),
-                metrics=decode_section(config["metrics"], values.get("metrics", {})),
+                traces=decode_section(
+                    config["traces"], values.get("traces", {}), secrets.get("traces")
+                ),
+                metrics=decode_section(
+                    config["metrics"], values.get("metrics", {}), secrets.get("metrics")
+                ),
                 version=int(version),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -208,8 +216,14 @@ class PostgresConfigStore:
         return None if row is None else self._row_version(row)
 
     def _seal(self, settings: OtelSettings) -> tuple[dict[str, Any], str]:
+        """The plain `config` column (no secret in it) and the sealed `secrets` column: header
+        values per section, and under "secrets" the endpoint when its query holds values and
+        the TLS key (`section_secrets`)."""
         config = {s: encode_section(getattr(settings, s), with_values=False) for s in _SECTIONS}
-        values = {s: getattr(settings, s).header_dict for s in _SECTIONS}
+        values: dict[str, Any] = {s: getattr(settings, s).header_dict for s in _SECTIONS}
+        secrets = {s: found for s in _SECTIONS if (found := section_secrets(getattr(settings, s)))}
+        if secrets:
+            values["secrets"] = secrets
         if not any(values.values()):
             return config, ""
         return config, self._box.seal(json.dumps(values).encode())
