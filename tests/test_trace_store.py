@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
 
 from gateway.telemetry import trace_store_sqlite
 from gateway.telemetry.trace_store import TraceStoreError
@@ -24,6 +23,7 @@ from tests.test_trace_store_support import (
     S,
     SpanMaker,
     all_traces,
+    oldest_first_traces,
     summary,
     trace_id_of,
 )
@@ -55,17 +55,7 @@ def store(db_path: Path) -> Iterator[SqliteTraceStore]:
 
 def test_count_limit_holds_after_every_write(db_path, maker):
     with open_store(db_path, max_spans=10) as store:
-        ids: list[str] = []
-        batches: list[list[ReadableSpan]] = []
-        for i in range(5):  # trace i starts before trace i + 1
-            start = NOW - (50 - i) * S
-            root = maker.span("r", start=start, end=start + 10 * MS)
-            kids = [
-                maker.span(f"c{k}", start=start + k * MS, end=start + 2 * MS, parent=root)
-                for k in (1, 2)
-            ]
-            ids.append(trace_id_of(root))
-            batches.append([*kids, root])
+        ids, batches = oldest_first_traces(maker)
         # Write order differs from age order: eviction must go by start time.
         for i in (2, 0, 4, 1, 3):
             store.write(batches[i])

@@ -32,6 +32,7 @@ from tests.test_trace_store_support import (
     SpanMaker,
     Stores,
     all_traces,
+    oldest_first_traces,
     reset_postgres,
     span_id_of,
     stored_span_total,
@@ -453,17 +454,7 @@ def test_get_trace_unknown_and_malformed(store):
 
 def test_retention_by_count_evicts_whole_oldest_traces(stores, maker):
     store = stores.open(max_spans=10)
-    ids: list[str] = []
-    batches: list[list[ReadableSpan]] = []
-    for i in range(5):  # trace i starts before trace i + 1
-        start = NOW - (50 - i) * S
-        root = maker.span("r", start=start, end=start + 10 * MS)
-        kids = [
-            maker.span(f"c{k}", start=start + k * MS, end=start + 2 * MS, parent=root)
-            for k in (1, 2)
-        ]
-        ids.append(trace_id_of(root))
-        batches.append([*kids, root])
+    ids, batches = oldest_first_traces(maker)
     # Write order differs from age order: eviction must go by start time.
     for i in (2, 0, 4, 1, 3):
         store.write(batches[i])

@@ -117,6 +117,23 @@ def span_id_of(span: ReadableSpan) -> str:
     return format(span.context.span_id, "016x")
 
 
+def oldest_first_traces(maker: SpanMaker) -> tuple[list[str], list[list[ReadableSpan]]]:
+    """Five three-span traces, trace i starting before trace i + 1: their ids, and each one's
+    spans as a batch (children first)."""
+    ids: list[str] = []
+    batches: list[list[ReadableSpan]] = []
+    for i in range(5):
+        start = NOW - (50 - i) * S
+        root = maker.span("r", start=start, end=start + 10 * MS)
+        kids = [
+            maker.span(f"c{k}", start=start + k * MS, end=start + 2 * MS, parent=root)
+            for k in (1, 2)
+        ]
+        ids.append(trace_id_of(root))
+        batches.append([*kids, root])
+    return ids, batches
+
+
 def all_traces(store: TraceStore, page_size: int = 1000, **filters: Any) -> list[TraceSummary]:
     out: list[TraceSummary] = []
     token = ""

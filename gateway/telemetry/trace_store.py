@@ -114,6 +114,28 @@ SUMMARY_COLUMNS: Final = (
     "span_count, replica"
 )
 
+# The summary's derivation (the contract above) in SQL both backends run: the SELECT list after
+# the trace id, over `a`, the aggregate of the trace's spans (n, start_ns, end_ns, any_error,
+# route, request_model), and `r`, its root (local roots first, then by start and span id);
+# then the upsert that replaces a stored summary.
+SUMMARY_SELECT: Final = """
+    r.name,
+    CASE WHEN a.route <> '' THEN a.route ELSE a.request_model END,
+    CASE WHEN (CASE WHEN r.local_root
+                    THEN r.status_code = 'ERROR' OR r.rpc_status_code NOT IN ('', 'OK')
+                    ELSE a.any_error END)
+         THEN 'ERROR' ELSE 'OK' END,
+    r.rpc_status_code,
+    a.start_ns,
+    a.end_ns - a.start_ns,
+    a.n,
+    r.replica
+"""
+ROOT_ORDER: Final = "ORDER BY local_root DESC, start_ns, span_id LIMIT 1"
+SUMMARY_UPSERT: Final = "ON CONFLICT (trace_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in SUMMARY_COLUMNS.split(", ")[1:]
+)
+
 # One span as stored; the element types follow SPAN_ROW_COLUMNS.
 SpanRow: TypeAlias = tuple[
     str, str, str, str, str, int, int, str, str, str, str, bool, str, str, str, str

@@ -93,7 +93,11 @@ from gateway.postgres import (
 )
 from gateway.redaction import REDACTOR
 from gateway.telemetry.trace_store import (
+    ROOT_ORDER,
     SPAN_ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    SUMMARY_SELECT,
+    SUMMARY_UPSERT,
     SpanRow,
     SqlTraceStoreBase,
     TraceStoreError,
@@ -188,24 +192,9 @@ FOR UPDATE OF s
 # trace_store); r is the root: a local root if any, else the earliest span. Driven by the list
 # of ids, so each trace is two primary-key lookups whatever the table's size or statistics (a
 # `trace_id = ANY(…)` GROUP BY was planned as a sequential scan of all spans).
-_REFRESH_SUMMARIES: Final = """
-INSERT INTO aigw_traces (
-    trace_id, root_span_name, model, status, rpc_status_code, start_ns, duration_ns, span_count,
-    replica
-)
-SELECT
-    t.trace_id,
-    r.name,
-    CASE WHEN a.route <> '' THEN a.route ELSE a.request_model END,
-    CASE WHEN (CASE WHEN r.local_root
-                    THEN r.status_code = 'ERROR' OR r.rpc_status_code NOT IN ('', 'OK')
-                    ELSE a.any_error END)
-         THEN 'ERROR' ELSE 'OK' END,
-    r.rpc_status_code,
-    a.start_ns,
-    a.end_ns - a.start_ns,
-    a.n,
-    r.replica
+_REFRESH_SUMMARIES: Final = f"""
+INSERT INTO aigw_traces ({SUMMARY_COLUMNS})
+SELECT t.trace_id, {SUMMARY_SELECT}
 FROM unnest(%s::text[]) AS t(trace_id)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, min(start_ns) AS start_ns, max(end_ns) AS end_ns,
@@ -215,16 +204,10 @@ CROSS JOIN LATERAL (
 ) AS a
 CROSS JOIN LATERAL (
     SELECT name, local_root, status_code, rpc_status_code, replica
-    FROM aigw_spans AS s WHERE s.trace_id = t.trace_id
-    ORDER BY local_root DESC, start_ns, span_id
-    LIMIT 1
+    FROM aigw_spans AS s WHERE s.trace_id = t.trace_id {ROOT_ORDER}
 ) AS r
-ON CONFLICT (trace_id) DO UPDATE SET
-    root_span_name = excluded.root_span_name, model = excluded.model,
-    status = excluded.status, rpc_status_code = excluded.rpc_status_code,
-    start_ns = excluded.start_ns, duration_ns = excluded.duration_ns,
-    span_count = excluded.span_count, replica = excluded.replica
-"""
+{SUMMARY_UPSERT}
+"""  # noqa: S608 - constant fragments
 
 # Claims this second's retention run unless another replica already did (the database's
 # clock, so replicas' clocks need not agree).

@@ -53,7 +53,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from gateway.state_dir import private_dir
 from gateway.telemetry.trace_store import (
+    ROOT_ORDER,
     SPAN_ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    SUMMARY_SELECT,
+    SUMMARY_UPSERT,
     SqlTraceStoreBase,
     TraceStoreError,
     check_limits,
@@ -130,24 +134,9 @@ _UPSERT_SPAN: Final = (
 
 # Recomputes one trace's summary from all its stored spans (see the contract in trace_store).
 # `WHERE true` disambiguates the upsert's ON from a join constraint (SQLite's documented quirk).
-_REFRESH_SUMMARY: Final = """
-INSERT INTO traces (
-    trace_id, root_span_name, model, status, rpc_status_code, start_ns, duration_ns, span_count,
-    replica
-)
-SELECT
-    :trace_id,
-    r.name,
-    CASE WHEN a.route <> '' THEN a.route ELSE a.request_model END,
-    CASE WHEN (CASE WHEN r.local_root
-                    THEN r.status_code = 'ERROR' OR r.rpc_status_code NOT IN ('', 'OK')
-                    ELSE a.any_error END)
-         THEN 'ERROR' ELSE 'OK' END,
-    r.rpc_status_code,
-    a.start_ns,
-    a.end_ns - a.start_ns,
-    a.n,
-    r.replica
+_REFRESH_SUMMARY: Final = f"""
+INSERT INTO traces ({SUMMARY_COLUMNS})
+SELECT :trace_id, {SUMMARY_SELECT}
 FROM (
     SELECT COUNT(*) AS n, MIN(start_ns) AS start_ns, MAX(end_ns) AS end_ns,
            MAX(status_code = 'ERROR') AS any_error,
@@ -155,17 +144,11 @@ FROM (
     FROM spans WHERE trace_id = :trace_id
 ) AS a, (
     SELECT name, local_root, status_code, rpc_status_code, replica
-    FROM spans WHERE trace_id = :trace_id
-    ORDER BY local_root DESC, start_ns, span_id
-    LIMIT 1
+    FROM spans WHERE trace_id = :trace_id {ROOT_ORDER}
 ) AS r
 WHERE true
-ON CONFLICT (trace_id) DO UPDATE SET
-    root_span_name = excluded.root_span_name, model = excluded.model,
-    status = excluded.status, rpc_status_code = excluded.rpc_status_code,
-    start_ns = excluded.start_ns, duration_ns = excluded.duration_ns,
-    span_count = excluded.span_count, replica = excluded.replica
-"""
+{SUMMARY_UPSERT}
+"""  # noqa: S608 - constant fragments
 
 
 class SqliteTraceStore(SqlTraceStoreBase):
