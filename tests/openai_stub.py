@@ -157,7 +157,7 @@ class OpenAIStub:
         self.next_responses: deque[Reply] = deque()
         self.by_model: dict[str, Reply] = {}
         self.requests: list[RecordedRequest] = []
-        # Tracebacks of the stub's own failures; the fixture fails the test if any.
+        # Tracebacks of the stub's own failures; leaving `with` (so the fixture) fails the test.
         self.errors: list[str] = []
         self.port = 0
         self._thread: threading.Thread | None = None
@@ -225,6 +225,8 @@ class OpenAIStub:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        if self.errors and exc_type is None:
+            raise AssertionError("the OpenAI stub failed:\n" + "\n".join(self.errors))
 
     # --- the server thread -------------------------------------------------------------------
 
@@ -554,7 +556,7 @@ async def _read_request(
 
 @pytest.fixture
 def openai_stub() -> Iterator[OpenAIStub]:
-    """A started `OpenAIStub`, stopped after the test; fails the test if the stub itself broke."""
+    """A started `OpenAIStub`, stopped after the test; fails the test if the stub itself broke
+    (leaving its ``with`` block does)."""
     with OpenAIStub() as stub:
         yield stub
-    assert not stub.errors, "the OpenAI stub failed:\n" + "\n".join(stub.errors)
