@@ -30,6 +30,7 @@ from admin.control_views import (
     health_from_document,
 )
 from admin.otel_config import InvalidConfig
+from admin.otel_proto import to_proto
 from admin.replicas import Replicas
 from gateway.console.drawing import draw_chart, draw_waterfall, fmt
 from gateway.console.metric_ring import MetricRing
@@ -271,7 +272,8 @@ class Console:
         session: Session = request["session"]
         if action.startswith("test:") and action[5:] in SECTIONS:
             section = action[5:]
-            config, forms, problems = config_from_form(form, (section,))
+            shown = to_proto(self._manager.settings)
+            config, forms, problems = config_from_form(form, shown, (section,))
             if problems:
                 return self._settings_view(
                     request,
@@ -300,7 +302,7 @@ class Console:
             )
         if action != "save":
             return self._settings_view(request, 400, error="Unknown action.")
-        config, forms, problems = config_from_form(form)
+        config, forms, problems = config_from_form(form, to_proto(self._manager.settings))
         expected = _int(form.get("expected_version"))
         if problems:
             return self._settings_view(

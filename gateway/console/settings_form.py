@@ -18,7 +18,7 @@ from aigw.v1 import otel_config_pb2
 from admin.otel_config import MASK
 from admin.otel_proto import duration
 from admin.otel_vocabulary import VOCABULARY
-from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
+from gateway.telemetry.export_settings import ExporterSettings, OtelSettings, mask_query
 
 __all__ = ["SECTIONS", "SectionForm", "config_from_form", "field_problems", "forms_from_settings"]
 
@@ -50,7 +50,8 @@ def _section_form(s: ExporterSettings) -> SectionForm:
     return SectionForm(
         enabled=s.enabled,
         protocol=s.protocol,
-        endpoint=s.endpoint,
+        # As the API shows it: query values are secrets too, masked (and kept when sent back).
+        endpoint=mask_query(s.endpoint, MASK),
         encoding=s.encoding,
         headers=[(name, MASK) for name, _ in s.headers],
         timeout=_seconds(s.timeout),
@@ -134,15 +135,24 @@ def _section_proto(
 
 
 def config_from_form(
-    form: Any, sections: tuple[str, ...] = SECTIONS
+    form: Any, current: otel_config_pb2.OtelConfig, sections: tuple[str, ...] = SECTIONS
 ) -> tuple[otel_config_pb2.OtelConfig, dict[str, SectionForm], list[tuple[str, str]]]:
     """The OtelConfig message the form describes, the form as typed, and the problems found
-    before the API could see it (a timeout that is not a number)."""
+    before the API could see it (a timeout that is not a number).
+
+    `current` is the config as the API shows it (secrets masked). The form has no TLS fields
+    (TLS is set with the API or `aigw-admin`), and a section sent replaces the stored one
+    whole, so the section's TLS settings are sent back as the API showed them: the masked key
+    keeps the stored one, for the same endpoint origin."""
     problems: list[tuple[str, str]] = []
     forms = {name: _form_section(form, name) for name in SECTIONS}
     config = otel_config_pb2.OtelConfig()
     for name in sections:
-        getattr(config, name).CopyFrom(_section_proto(forms[name], name, problems))
+        pb = _section_proto(forms[name], name, problems)
+        shown = getattr(current, name)
+        if shown.HasField("tls"):
+            pb.tls.CopyFrom(shown.tls)
+        getattr(config, name).CopyFrom(pb)
     return config, forms, problems
 
 
