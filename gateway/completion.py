@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from gateway.chat import ChatRequest
 from gateway.config import RouteConfig
-from gateway.errors import GatewayError, UpstreamTimeout
+from gateway.errors import GatewayError, UpstreamTimeout, cancellation
 from gateway.providers import Provider
 from gateway.router import Router
 from gateway.telemetry.catalog import Attr
@@ -96,7 +96,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServicer):
             call.fail(e)
             await context.abort(e.code, e.message)
         except asyncio.CancelledError:
-            call.fail(None, error_type="cancelled", message="cancelled by the client")
+            why = cancellation(context)
+            call.fail(None, error_type=why.error_type, message=why.message)
             raise
         except Exception as e:
             call.fail(None, error_type=type(e).__qualname__, message="internal error")
@@ -169,7 +170,8 @@ class CompletionServicer(completion_pb2_grpc.CompletionServicer):
             call.fail(e)
             await context.abort(e.code, e.message)
         except (asyncio.CancelledError, GeneratorExit):
-            call.fail(None, error_type="cancelled", message="cancelled by the client")
+            why = cancellation(context)
+            call.fail(None, error_type=why.error_type, message=why.message)
             raise
         except Exception as e:
             call.fail(None, error_type=type(e).__qualname__, message="internal error")

@@ -32,6 +32,7 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "cancellation",
     "grpc_code_for_http_status",
 ]
 
@@ -120,3 +121,31 @@ class UpstreamCredentials(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     error_type = "invalid_response"
+
+
+class Cancellation:
+    """Why a handler was cancelled, for its spans and metrics: gRPC cancels the handler both
+    when the client goes away and when the client's deadline passes, and the two must not read
+    alike (a deadline is `timeout`, as an upstream timeout is)."""
+
+    __slots__ = ("code", "error_type", "message")
+
+    def __init__(self, code: grpc.StatusCode, error_type: str, message: str) -> None:
+        self.code = code
+        self.error_type = error_type
+        self.message = message
+
+
+_DEADLINE_PASSED = Cancellation(
+    grpc.StatusCode.DEADLINE_EXCEEDED, UpstreamTimeout.error_type, "the client's deadline passed"
+)
+_CLIENT_CANCELLED = Cancellation(grpc.StatusCode.CANCELLED, "cancelled", "cancelled by the client")
+# gRPC cancels at the deadline, so time left then is zero; a millisecond absorbs clock reads.
+_DEADLINE_SLACK_SECONDS = 0.001
+
+
+def cancellation(context: grpc.aio.ServicerContext) -> Cancellation:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < _DEADLINE_SLACK_SECONDS:
+        return _DEADLINE_PASSED
+    return _CLIENT_CANCELLED

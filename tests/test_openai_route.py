@@ -218,20 +218,6 @@ async def test_a_client_deadline_shorter_than_the_route_timeout_ends_the_upstrea
     assert client.parent.span_id == server.context.span_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: when the client's deadline passes, gRPC's own deadline cancels the "
-        "handler at the same instant as the gateway's budget (min(route timeout, "
-        "time_remaining)); when gRPC's cancel wins (about half of lone calls, most of 20 "
-        "concurrent ones) the interceptor "
-        "records rpc.response.status_code/error.type CANCELLED and the GenAI span error.type "
-        "'cancelled' ('cancelled by the client'), so deadline expiries show up as client "
-        "cancels in spans and rpc.server.call.duration. A CancelledError with "
-        "context.time_remaining() <= 0 is DEADLINE_EXCEEDED (gateway/telemetry/interceptor.py, "
-        "gateway/completion.py)"
-    ),
-)
 @pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
 async def test_a_passed_client_deadline_is_recorded_as_deadline_exceeded(
     gw: Gateway, openai_stub: OpenAIStub, streamed: bool

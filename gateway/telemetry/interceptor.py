@@ -34,6 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from gateway.errors import cancellation
 from gateway.telemetry.catalog import Attr
 from gateway.telemetry.metrics import Attributes, GatewayMetrics
 
@@ -171,7 +172,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 code, message = _status_of(context)
                 return response
             except asyncio.CancelledError:
-                code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
+                why = cancellation(context)
+                code, message = why.code, why.message
                 raise
             except BaseException as e:
                 code, message = _status_of(context, e)
@@ -204,7 +206,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                     yield item
                 code, message = _status_of(context)
             except (asyncio.CancelledError, GeneratorExit):
-                code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
+                why = cancellation(context)
+                code, message = why.code, why.message
                 raise
             except BaseException as e:
                 code, message = _status_of(context, e)
