@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from tests.otlp_receivers import GrpcOtlpReceiver, HttpOtlpReceiver
 from tests.postgres import PostgresCluster
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's OTEL_* and AIGW_* variables must not change results: the SDK reads
+    OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER … in-process (gateway processes get clean_env())."""
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "AIGW_")):
+            monkeypatch.delenv(name)
 
 
 def make_config(
