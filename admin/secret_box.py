@@ -56,9 +56,10 @@ class SecretBox:
     def seal(self, plaintext: bytes) -> str:
         if self._box is None:
             raise NoKey(
-                f"exporter secrets (header values) cannot be stored in the shared database "
-                f"without an encryption key: set {self.variable} on every replica (`aigw "
-                "keygen` prints one), or send the section without header values"
+                f"exporter secrets (header values, TLS client keys, endpoint query values) "
+                f"cannot be stored in the shared database without an encryption key: set "
+                f"{self.variable} on every replica (`aigw keygen` prints one), or send the "
+                "section without them"
             )
         return self._box.encrypt(plaintext).decode("ascii")
 

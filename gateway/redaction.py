@@ -60,6 +60,8 @@ _LIBRARY_LOGGERS = (
     "grpc",
     "urllib3",
     "requests",
+    "psycopg",
+    "aiohttp",
 )
 
 

@@ -32,6 +32,7 @@ from gateway.completion import CompletionServicer
 from gateway.config import GatewayConfig, parse_listen_address
 from gateway.console import Console
 from gateway.metrics_http import SidePort
+from gateway.redaction import REDACTOR
 from gateway.router import Router
 from gateway.state_dir import private_dir
 from gateway.telemetry.interceptor import TelemetryInterceptor
@@ -110,16 +111,17 @@ class Gateway:
             self.config,
         )
         self._router = Router(self.config.routes)
+        admin_token = self._env.get("AIGW_ADMIN_TOKEN", "")
+        api_keys = parse_api_keys(self._env.get("AIGW_API_KEYS", ""))
+        # Nothing of ours logs them; a library echoing a rejected header might.
+        REDACTOR.set_secrets(f"credentials-{id(self)}", [admin_token, *api_keys])
         interceptor = TelemetryInterceptor(telemetry.tracer, telemetry.metrics, host, port)
         limit = server_cfg.max_message_bytes
         self._server = server = grpc.aio.server(
             # Telemetry outermost: refused admin calls are traced and counted too.
             interceptors=[
                 interceptor,
-                AuthInterceptor(
-                    self._env.get("AIGW_ADMIN_TOKEN", ""),
-                    parse_api_keys(self._env.get("AIGW_API_KEYS", "")),
-                ),
+                AuthInterceptor(admin_token, api_keys),
             ],
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -142,9 +144,7 @@ class Gateway:
             raise OSError(f"cannot listen on {server_cfg.listen}")
         interceptor.set_server_port(self.port)
 
-        console = Console(
-            telemetry, otel, replicas, telemetry.registry, self._env.get("AIGW_ADMIN_TOKEN", "")
-        )
+        console = Console(telemetry, otel, replicas, telemetry.registry, admin_token)
         self._metrics_server = SidePort(
             telemetry.registry,
             metrics_host,
@@ -195,6 +195,7 @@ class Gateway:
             await self.otel.shutdown(deadline)
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.shutdown, deadline)
+        REDACTOR.set_secrets(f"credentials-{id(self)}", [])
 
     async def wait(self) -> None:
         assert self._server is not None

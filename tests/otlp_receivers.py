@@ -46,6 +46,7 @@ import contextlib
 import json
 import re
 import socket
+import sys
 import threading
 import traceback
 import zlib
@@ -457,6 +458,11 @@ class _HttpServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up before reading its answer (an exporter shut down or timed
+        # out mid-export) is the client's business, counted apart; anything else is ours.
+        if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            self.receiver.hung_up += 1
+            return
         self.receiver.errors.append(traceback.format_exc())
 
     def unblock_connections(self) -> None:
@@ -505,6 +511,7 @@ class HttpOtlpReceiver:
         self._records = _Records()
         self._in_flight = _InFlight()
         self.errors: list[str] = []
+        self.hung_up = 0
         """Tracebacks of exceptions inside request handling; leaving ``with`` asserts none."""
 
     # lifecycle
