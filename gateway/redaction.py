@@ -28,6 +28,7 @@ The rule (one place, used by the filter and by export messages):
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -110,12 +111,27 @@ class SecretRedactor(logging.Filter):
         self._lock = threading.Lock()
         self._by_owner: dict[str, frozenset[str]] = {}
         self._needles: frozenset[str] = frozenset()
+        # Owners gone (see `forget_later`), dropped at the next change.
+        self._forgotten: collections.deque[str] = collections.deque()
 
     def set_secrets(self, owner: str, secrets: Iterable[str]) -> None:
-        """Replace the secrets `owner` (an exporter, a router) knows of."""
+        """Replace the secrets `owner` (an exporter, a router) knows of; none forgets it."""
+        needles = secret_needles(secrets)
         with self._lock:
-            self._by_owner[owner] = secret_needles(secrets)
+            while self._forgotten:
+                self._by_owner.pop(self._forgotten.popleft(), None)
+            if needles:
+                self._by_owner[owner] = needles
+            else:
+                self._by_owner.pop(owner, None)
             self._needles = frozenset().union(*self._by_owner.values())
+
+    def forget_later(self, owner: str) -> None:
+        """Forget `owner`'s secrets at the next change. For a garbage-collection finalizer:
+        it may run inside `set_secrets` on the same thread (any allocation can collect), where
+        taking the lock again would deadlock — so it only queues (a deque append needs no
+        lock). Until then the secrets stay redacted, which costs nothing but a little time."""
+        self._forgotten.append(owner)
 
     def filter(self, record: logging.LogRecord) -> bool:
         needles = self._needles

@@ -233,7 +233,7 @@ def _build(
     except BaseException:
         REDACTOR.set_secrets(owner, ())
         raise
-    weakref.finalize(exporter, REDACTOR.set_secrets, owner, ())
+    weakref.finalize(exporter, REDACTOR.forget_later, owner)
     if settings.tls.insecure_skip_verify:
         # urllib3 would warn on every request; the one WARNING below (and Get) says it once.
         warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
