@@ -47,6 +47,11 @@ from gateway.telemetry.trace_store import MAX_PAGE_SIZE, TraceStoreUnavailable
 
 __all__ = ["Console"]
 
+# What the access check hands the handlers, per request.
+_SESSION = web.RequestKey("session", Session)
+_FORM = web.RequestKey("form", Any)
+_NEW_SID = web.RequestKey("new_sid", str)
+
 _HERE = Path(__file__).parent
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -161,24 +166,24 @@ class Console:
         session = self.sessions.get(sid)
         if session is None and not self.sessions.token_required and request.method == "GET":
             sid, session = self.sessions.create(principal=request.remote or "")
-            request["new_sid"] = sid
+            request[_NEW_SID] = sid
         if session is None:
             if request.method in ("GET", "HEAD"):
                 target = request.path_qs
                 raise web.HTTPSeeOther("/signin?" + urlencode({"next": target}))
             return self._refuse("Sign in first; nothing was changed.")
-        request["session"] = session
+        request[_SESSION] = session
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("Origin")
             if origin is not None and origin != f"{request.scheme}://{request.host}":
                 return self._refuse("Cross-site request refused; nothing was changed.")
             form = await self._read_body(request)
-            request["form"] = form
+            request[_FORM] = form
             if not csrf_matches(session, str(form.get("csrf", ""))):
                 return self._refuse("Missing or wrong CSRF token; nothing was changed.")
         response = await handler(request)
-        if "new_sid" in request:
-            self._set_cookie(response, request["new_sid"])
+        if _NEW_SID in request:
+            self._set_cookie(response, request[_NEW_SID])
         return response
 
     async def _read_body(self, request: web.Request) -> Any:
@@ -201,7 +206,7 @@ class Console:
     def _render(
         self, request: web.Request, template: str, status: int = 200, **ctx: Any
     ) -> web.Response:
-        session: Session | None = request.get("session")
+        session: Session | None = request.get(_SESSION)
         text = self._env.get_template(template).render(
             csrf=session.csrf if session else "",
             signed_in=session is not None,
@@ -267,9 +272,9 @@ class Console:
         return self._settings_view(request, message=message)
 
     async def _settings_post(self, request: web.Request) -> web.StreamResponse:
-        form = request["form"]
+        form = request[_FORM]
         action = str(form.get("action", ""))
-        session: Session = request["session"]
+        session: Session = request[_SESSION]
         if action.startswith("test:") and action[5:] in SECTIONS:
             section = action[5:]
             shown = to_proto(self._manager.settings)
