@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aigw: invalid config:\n{e}", file=sys.stderr)
         return 2
     from admin.config_store import ConfigStoreError
-    from gateway.backends import BackendError
     from admin.otel_config import InvalidConfig
+    from gateway.backends import BackendError
     from gateway.server import serve
     from gateway.telemetry.trace_store import TraceStoreError
 
