@@ -101,6 +101,20 @@ def _pem_paths(*pems: str) -> Iterator[list[str]]:
 
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     """The client SSLContext `tls` describes (HTTP exporters), from no environment variable."""
+    if not (tls.insecure_skip_verify or tls.ca_pem or tls.client_cert_pem):
+        return _public_roots_context(tls.min_version)
+    return _new_context(tls)
+
+
+@functools.lru_cache(maxsize=4)
+def _public_roots_context(min_version: str) -> ssl.SSLContext:
+    """The context of every section without TLS settings of its own, made once per process:
+    parsing certifi's bundle takes ~40 ms, which every config change paid (for each exporter,
+    https or not). It holds no secret, and nothing changes a context once made."""
+    return _new_context(TlsSettings(min_version=min_version))  # type: ignore[arg-type]
+
+
+def _new_context(tls: TlsSettings) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname on
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
