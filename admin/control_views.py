@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import grpc
@@ -69,30 +69,18 @@ def change_failure(e: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 def health_document(health: ExportHealth) -> dict[str, Any]:
-    """Exporter health as a replica publishes it in its heartbeat."""
-    return {
-        name: {
-            "exported": snap.exported,
-            "failed": snap.failed,
-            "dropped": snap.dropped,
-            "last_success_ns": snap.last_success_ns,
-            "last_error_ns": snap.last_error_ns,
-            "last_error": snap.last_error,
-        }
-        for name, snap in (("traces", health.traces), ("metrics", health.metrics))
-    }
+    """Exporter health as a replica publishes it in its heartbeat: HealthSnapshot's fields."""
+    return {"traces": asdict(health.traces), "metrics": asdict(health.metrics)}
 
 
 def health_from_document(doc: Any) -> HealthSnapshot:
+    """Back from a heartbeat row (a field missing there, say from an older replica, is zero)."""
     doc = doc if isinstance(doc, dict) else {}
-    return HealthSnapshot(
-        exported=int(doc.get("exported", 0)),
-        failed=int(doc.get("failed", 0)),
-        dropped=int(doc.get("dropped", 0)),
-        last_success_ns=int(doc.get("last_success_ns", 0)),
-        last_error_ns=int(doc.get("last_error_ns", 0)),
-        last_error=str(doc.get("last_error", "")),
-    )
+    values: dict[str, Any] = {}
+    for f in fields(HealthSnapshot):
+        kind = str if f.name == "last_error" else int
+        values[f.name] = kind(doc.get(f.name, kind()))
+    return HealthSnapshot(**values)
 
 
 class FleetUnavailable(Exception):

@@ -65,8 +65,15 @@ class ReplicaStatus:
     is_self: bool
 
 
-# What a replica reports of itself: (applied config version, exporter health document).
-StatusSource = Callable[[], tuple[int, dict[str, Any]]]
+@dataclass(frozen=True, slots=True)
+class StatusSource:
+    """What a replica reports of itself. Two callables, not one: the heartbeat thread asks
+    for the applied version every few milliseconds (to beat at once after a change) and must
+    not build the health document each time."""
+
+    applied_version: Callable[[], int]
+    # {"traces": {...}, "metrics": {...}}
+    health: Callable[[], dict[str, Any]]
 
 
 class Replicas(Protocol):
@@ -88,14 +95,13 @@ class LocalReplicas:
         self._identity = identity
 
     def list(self) -> list[ReplicaStatus]:
-        version, health = self._status()
         return [
             ReplicaStatus(
                 identity=self._identity,
                 heartbeat_ns=time.time_ns(),
-                applied_version=version,
+                applied_version=self._status.applied_version(),
                 live=True,
-                health=health,
+                health=self._status.health(),
                 is_self=True,
             )
         ]
@@ -150,8 +156,7 @@ class PostgresReplicas:
         self._thread.start()
 
     def _params(self) -> dict[str, Any]:
-        version, health = self._status()
-        self._beat_version = version
+        version = self._beat_version = self._status.applied_version()
         i = self._identity
         return {
             "id": i.instance_id,
@@ -160,7 +165,7 @@ class PostgresReplicas:
             "pid": i.pid,
             "started": i.started_ns / 1e9,
             "version": version,
-            "health": json.dumps(health),
+            "health": json.dumps(self._status.health()),
         }
 
     def _run(self) -> None:
@@ -190,7 +195,7 @@ class PostgresReplicas:
         version, so the fleet view shows convergence when it happens, not a beat later."""
         deadline = time.monotonic() + self._beat
         while not self._stop.wait(min(_VERSION_CHECK_SECONDS, self._beat)):
-            if time.monotonic() >= deadline or self._status()[0] != self._beat_version:
+            if time.monotonic() >= deadline or self._status.applied_version() != self._beat_version:
                 return
 
     def list(self) -> list[ReplicaStatus]:

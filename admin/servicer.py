@@ -18,7 +18,6 @@ from admin.control_views import (
     FleetUnavailable,
     change_failure,
     fleet_view,
-    health_document,
     health_from_document,
 )
 from admin.otel_config import InvalidConfig
@@ -35,7 +34,7 @@ from gateway.telemetry.trace_store import (
     TraceSummary,
 )
 
-__all__ = ["AdminServicer", "health_document"]
+__all__ = ["AdminServicer"]
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _STATUS_FILTER = {

@@ -24,8 +24,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from admin.config_manager import OtelConfigManager
-from admin.replicas import Identity, Replicas
-from admin.servicer import AdminServicer, health_document
+from admin.control_views import health_document
+from admin.replicas import Identity, Replicas, StatusSource
+from admin.servicer import AdminServicer
 from gateway.auth import AuthInterceptor, parse_api_keys
 from gateway.backends import OTEL_CONFIG_FILE, open_backends
 from gateway.completion import CompletionServicer
@@ -104,9 +105,9 @@ class Gateway:
         self.otel = otel = OtelConfigManager(telemetry, backends.config_store)
         await otel.start(self._env)
         self.replicas = replicas = backends.replicas(
-            lambda: (
-                otel.settings.version,
-                health_document(telemetry.health()),
+            StatusSource(
+                applied_version=lambda: otel.settings.version,
+                health=lambda: health_document(telemetry.health()),
             ),
             self.config,
         )
