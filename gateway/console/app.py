@@ -275,40 +275,31 @@ class Console:
         form = request[_FORM]
         action = str(form.get("action", ""))
         session: Session = request[_SESSION]
+        expected = _int(form.get("expected_version"))
         if action.startswith("test:") and action[5:] in SECTIONS:
             section = action[5:]
             shown = to_proto(self._manager.settings)
             config, forms, problems = config_from_form(form, shown, (section,))
+            if not problems:
+                try:
+                    results = await self._manager.test(config)
+                except InvalidConfig as e:
+                    problems = e.problems
             if problems:
                 return self._settings_view(
                     request,
                     400,
                     forms=forms,
                     problems=field_problems(problems),
-                    expected_version=_int(form.get("expected_version")),
-                    error="Nothing was tested: fix the fields marked below.",
-                )
-            try:
-                results = await self._manager.test(config)
-            except InvalidConfig as e:
-                return self._settings_view(
-                    request,
-                    400,
-                    forms=forms,
-                    problems=field_problems(e.problems),
-                    expected_version=_int(form.get("expected_version")),
+                    expected_version=expected,
                     error="Nothing was tested: fix the fields marked below.",
                 )
             return self._settings_view(
-                request,
-                forms=forms,
-                tests=results,
-                expected_version=_int(form.get("expected_version")),
+                request, forms=forms, tests=results, expected_version=expected
             )
         if action != "save":
             return self._settings_view(request, 400, error="Unknown action.")
         config, forms, problems = config_from_form(form, to_proto(self._manager.settings))
-        expected = _int(form.get("expected_version"))
         if problems:
             return self._settings_view(
                 request,
