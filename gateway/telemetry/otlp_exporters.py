@@ -101,6 +101,23 @@ class _Stop(Exception):
     a success."""
 
 
+def _record(slot: threading.local, outcome: ExportOutcome) -> None:
+    """Keep what one export's attempts came to: the latest attempt's outcome, except that a
+    timeout does not replace an earlier failure of the same export that said more (a refused
+    connection, a certificate the verifier rejected) — the exporters retry until the budget
+    runs out, and the attempt cut short by it knows only that time was up. Each export starts
+    with a clear slot (the recorded exporters' `export`)."""
+    earlier: ExportOutcome | None = getattr(slot, "outcome", None)
+    if (
+        outcome.reason == "timeout"
+        and earlier is not None
+        and not earlier.success
+        and earlier.reason != "timeout"
+    ):
+        return
+    slot.outcome = outcome
+
+
 class _RecordingSession(requests.Session):
     """Keeps the outcome of the last request made on this thread (see the module docstring)."""
 
@@ -125,14 +142,14 @@ class _RecordingSession(requests.Session):
             response = super().request(method, url, *args, **kwargs)
         except Exception as e:
             outcome = outcome_from_exception(e, address=address, secrets=self._secrets)
-            self._last.outcome = outcome
+            _record(self._last, outcome)
             if outcome.reason == "tls":
                 # A certificate problem does not heal within the budget: retrying would only
                 # turn the verifier's words into "timed out".
                 raise _Stop("tls") from e
             raise
         outcome = outcome_from_response(response, secrets=self._secrets)
-        self._last.outcome = outcome
+        _record(self._last, outcome)
         if not outcome.success and (outcome.reason == "http_3xx" or self._single_attempt):
             raise _Stop(outcome.reason)
         return response
@@ -154,12 +171,15 @@ class _StatusRecorder(grpc.UnaryUnaryClientInterceptor):
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         call = continuation(client_call_details, request)
-        self._last.outcome = outcome_from_grpc(
-            call.code(),
-            call.details() or "",
-            address=self._address,
-            secrets=self._secrets,
-            tls=self._tls,
+        _record(
+            self._last,
+            outcome_from_grpc(
+                call.code(),
+                call.details() or "",
+                address=self._address,
+                secrets=self._secrets,
+                tls=self._tls,
+            ),
         )
         return call
 
@@ -182,6 +202,10 @@ def _recorded_grpc(base: type) -> type:
             # The exporter re-creates its channel after UNAVAILABLE; every channel is wrapped.
             self._client = self._stub(grpc.intercept_channel(self._channel, self._recorder))
 
+        def export(self, *args: Any, **kwargs: Any) -> Any:
+            self._recorder.take()  # what this export's attempts come to, nothing older
+            return super().export(*args, **kwargs)
+
         @property
         def last_outcome(self) -> ExportOutcome | None:
             return self._recorder.take()
@@ -199,6 +223,10 @@ def _recorded_http(base: type) -> type:
         def __init__(self, *, session: _RecordingSession, **kwargs: Any) -> None:
             self._recording_session = session
             super().__init__(session=session, **kwargs)
+
+        def export(self, *args: Any, **kwargs: Any) -> Any:
+            self._recording_session.take()  # what this export's attempts come to, nothing older
+            return super().export(*args, **kwargs)
 
         @property
         def last_outcome(self) -> ExportOutcome | None:
