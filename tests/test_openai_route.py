@@ -155,9 +155,13 @@ async def test_upstream_errors_map_to_grpc_codes_with_the_upstream_message(
 
 async def _ended(spans: InMemorySpanExporter, n: int) -> tuple[ReadableSpan, ...]:
     """The spans once `n` have ended (the server span ends a moment after the client's error)."""
-    async with asyncio.timeout(5):
-        while len(spans.get_finished_spans()) < n:  # noqa: ASYNC110 - another thread's exporter
-            await asyncio.sleep(0.01)
+    try:
+        async with asyncio.timeout(5):
+            while len(spans.get_finished_spans()) < n:  # noqa: ASYNC110 - another thread's
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        seen = collections.Counter(s.kind.name for s in spans.get_finished_spans())
+        raise AssertionError(f"{n} spans expected to end within 5 s, ended: {dict(seen)}") from None
     return spans.get_finished_spans()
 
 
