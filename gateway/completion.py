@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 from aigw.v1 import completion_pb2, completion_pb2_grpc
-from opentelemetry import trace
 
 from gateway.chat import ChatRequest
 from gateway.config import RouteConfig
@@ -24,6 +23,7 @@ from gateway.providers import Provider
 from gateway.router import Router
 from gateway.telemetry.catalog import Attr
 from gateway.telemetry.genai import GenAITelemetry, UpstreamCall
+from gateway.telemetry.span_record import current_span
 from gateway.validation import validate_request
 
 __all__ = ["CompletionServicer"]
@@ -42,7 +42,7 @@ class CompletionServicer(completion_pb2_grpc.CompletionServicer):
     ) -> tuple[RouteConfig, Provider, ChatRequest, float]:
         messages = validate_request(request)
         route, provider = self._router.resolve(request.model)
-        span = trace.get_current_span()
+        span = current_span()
         if span.is_recording():
             span.set_attribute(Attr.ROUTE, route.name)
             for key, value in request.metadata.items():

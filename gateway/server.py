@@ -116,7 +116,9 @@ class Gateway:
         api_keys = parse_api_keys(self._env.get("AIGW_API_KEYS", ""))
         # Nothing of ours logs them; a library echoing a rejected header might.
         REDACTOR.set_secrets(f"credentials-{id(self)}", [admin_token, *api_keys])
-        interceptor = TelemetryInterceptor(telemetry.tracer, telemetry.metrics, host, port)
+        telemetry.start()
+        recorder = telemetry.recorder
+        interceptor = TelemetryInterceptor(recorder.spans, recorder.metrics, host, port)
         limit = server_cfg.max_message_bytes
         self._server = server = grpc.aio.server(
             # Telemetry outermost: refused admin calls are traced and counted too.
@@ -130,7 +132,7 @@ class Gateway:
             ],
         )
         completion_pb2_grpc.add_CompletionServicer_to_server(
-            CompletionServicer(self._router, telemetry.genai), server
+            CompletionServicer(self._router, recorder.genai), server
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(telemetry, otel, replicas), server

@@ -32,7 +32,7 @@ def dur(seconds: int = 0, nanos: int = 0) -> duration_pb2.Duration:
 
 async def flush_spans(gw: Gateway) -> None:
     assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.tracer_provider.force_flush, 5_000)
+    assert await asyncio.to_thread(gw.telemetry.force_flush, 5)
 
 
 def assert_no_secret(message: Message | str, secrets: tuple[str, ...] = SECRETS) -> None:

@@ -131,20 +131,13 @@ async def test_a_genai_span_held_across_yield_can_be_closed_from_another_task(
 ) -> None:
     """`UpstreamCall.active()` on its own: opened in one task, closed by another."""
     from opentelemetry import trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.trace import TracerProvider
 
     from gateway.chat import ChatMessage, ChatRequest
     from gateway.config import TelemetryConfig
-    from gateway.telemetry.genai import GenAITelemetry
-    from gateway.telemetry.metrics import GatewayMetrics
+    from gateway.telemetry.recorder import CallRecorder
 
     caplog.set_level(logging.DEBUG)
-    genai = GenAITelemetry(
-        TracerProvider().get_tracer("t"),
-        GatewayMetrics(MeterProvider().get_meter("t")),
-        TelemetryConfig(),
-    )
+    genai = CallRecorder(TelemetryConfig(), sink=lambda record: None).genai
     route = RouteConfig(name="echo", provider="echo", model="echo-1")
     request = ChatRequest(model="echo-1", messages=(ChatMessage("user", "hi"),))
 
@@ -159,16 +152,19 @@ async def test_a_genai_span_held_across_yield_can_be_closed_from_another_task(
             stream=True,
         )
 
+    def current() -> int:
+        return trace.get_current_span().get_span_context().span_id
+
     async def chunks(call) -> object:
         with call.active():
-            yield trace.get_current_span()
-            yield trace.get_current_span()
+            yield current()
+            yield current()
 
     # Opened and closed in the same task: current inside, restored after.
     call = start()
     agen = chunks(call)
-    assert await agen.__anext__() is call.span
-    assert await agen.__anext__() is call.span
+    assert await agen.__anext__() == call.span.span_id
+    assert await agen.__anext__() == call.span.span_id
     await agen.aclose()
     assert trace.get_current_span() is trace.INVALID_SPAN
 
@@ -176,11 +172,11 @@ async def test_a_genai_span_held_across_yield_can_be_closed_from_another_task(
     # finalizer does after a client cancel): no error, and this task's context is unchanged.
     call = start()
     agen = chunks(call)
-    assert await agen.__anext__() is call.span
-    assert trace.get_current_span() is call.span  # parked at the yield, still attached here
+    assert await agen.__anext__() == call.span.span_id
+    assert current() == call.span.span_id  # parked at the yield, still attached here
     await asyncio.get_running_loop().create_task(agen.aclose())
     call.fail(None, error_type="cancelled", message="cancelled by the client")
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     # The Context it was attached in keeps it: in the gateway that is the cancelled RPC's
     # task's, which is over.
-    assert trace.get_current_span() is call.span
+    assert current() == call.span.span_id

@@ -96,8 +96,8 @@ async def test_every_metric_and_label_the_dashboard_uses_is_exposed(
             await completion.Complete(chat("a b c"), timeout=5)
             _ = [c async for c in completion.StreamComplete(chat("a b c"), timeout=5)]
             assert gw.telemetry is not None
-            await asyncio.to_thread(gw.telemetry.span_export.force_flush, 5000)
-            await asyncio.to_thread(gw.telemetry.metric_export.force_flush, 5000)
+            await asyncio.to_thread(gw.telemetry.force_flush, 5)
+            await asyncio.to_thread(gw.telemetry.flush_metrics, 5)
             url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
             text = await asyncio.to_thread(
                 lambda: urllib.request.urlopen(url, timeout=5).read().decode()

@@ -198,8 +198,8 @@ async def _export_through(
         for text in ("compress me " * 20, "and me"):
             await completion.Complete(chat(text), timeout=5)
     assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.span_export.force_flush, 10_000)
-    assert await asyncio.to_thread(gw.telemetry.metric_export.force_flush, 10_000)
+    assert await asyncio.to_thread(gw.telemetry.force_flush, 10)
+    assert await asyncio.to_thread(gw.telemetry.flush_metrics, 10)
 
 
 @pytest.mark.parametrize(

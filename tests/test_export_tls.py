@@ -145,7 +145,7 @@ class Client:
         """One call, its spans flushed through the live exporter."""
         await self.completion.Complete(chat("over TLS"), timeout=10)
         assert self.gw.telemetry is not None
-        await asyncio.to_thread(self.gw.telemetry.tracer_provider.force_flush, 15_000)
+        await asyncio.to_thread(self.gw.telemetry.force_flush, 15)
 
     async def live_error(self, pb: otel_config_pb2.ExporterConfig) -> str:
         """Apply `pb` (enabled), export once, and answer the health's last error."""

@@ -24,8 +24,6 @@ import pytest
 from aigw.v1 import completion_pb2, completion_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from gateway.chat import ChatMessage
@@ -35,6 +33,7 @@ from gateway.telemetry.genai import TRUNCATED, GenAITelemetry
 from gateway.telemetry.metrics import GatewayMetrics
 from tests.conftest import GatewayFactory
 from tests.openai_stub import OpenAIStub, Reply
+from tests.span_capture import capture
 
 CONTENT_ATTRIBUTES = {
     "gen_ai.input.messages",
@@ -59,26 +58,20 @@ async def _call(
     gw: Gateway, request: completion_pb2.CompleteRequest, stream: bool = False
 ) -> tuple[Any, ReadableSpan, ReadableSpan]:
     """Make the call; answer (reply, chunks or the error; its SERVER span; its CLIENT span)."""
-    spans = InMemorySpanExporter()
-    assert gw.telemetry is not None
-    processor = SimpleSpanProcessor(spans)
-    gw.telemetry.tracer_provider.add_span_processor(processor)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-            stub = completion_pb2_grpc.CompletionStub(ch)
-            try:
-                if stream:
-                    reply: Any = [c async for c in stub.StreamComplete(request, timeout=5)]
-                else:
-                    reply = await stub.Complete(request, timeout=5)
-            except grpc.aio.AioRpcError as e:
-                reply = e
-        # The server ends its span a moment after the client has the status.
-        async with asyncio.timeout(5):
-            while len(spans.get_finished_spans()) < 2:  # noqa: ASYNC110 - another thread's
-                await asyncio.sleep(0.01)
-    finally:
-        processor.shutdown()
+    spans = capture(gw)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        stub = completion_pb2_grpc.CompletionStub(ch)
+        try:
+            if stream:
+                reply: Any = [c async for c in stub.StreamComplete(request, timeout=5)]
+            else:
+                reply = await stub.Complete(request, timeout=5)
+        except grpc.aio.AioRpcError as e:
+            reply = e
+    # The server ends its span a moment after the client has the status.
+    async with asyncio.timeout(5):
+        while len(spans.get_finished_spans()) < 2:  # noqa: ASYNC110 - another thread's
+            await asyncio.sleep(0.01)
     finished = spans.get_finished_spans()
     [server] = [s for s in finished if s.kind is SpanKind.SERVER]
     [client] = [s for s in finished if s.kind is SpanKind.CLIENT]

@@ -33,7 +33,7 @@ async def gw(gateway_factory: GatewayFactory) -> Gateway:
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Complete(chat(model="fast", max_tokens=-3), timeout=5)
     assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.store_processor.force_flush, 5000)
+    assert await asyncio.to_thread(gw.telemetry.flush_traces, 5)
     return gw
 
 
@@ -134,7 +134,7 @@ async def test_fleet_replicas_list_each_others_traces_and_say_unavailable(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
         await completion_pb2_grpc.CompletionStub(ch).Complete(chat(), timeout=5)
     assert a.telemetry is not None
-    assert await asyncio.to_thread(a.telemetry.store_processor.force_flush, 5000)
+    assert await asyncio.to_thread(a.telemetry.flush_traces, 5)
     replica_a = a.telemetry.resource.attributes["service.instance.id"]
 
     listed = await _list(b, page_size=100)

@@ -10,14 +10,13 @@ import grpc
 import pytest
 from aigw.v1 import completion_pb2, completion_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.config import RouteConfig
 from gateway.server import Gateway
 from tests.conftest import GatewayFactory, chat
 from tests.openai_stub import Fault, OpenAIStub, Reply, reply_text
+from tests.span_capture import CapturedSpans, capture
 
 KEY = "sk-test-aigw-0123456789abcdef"
 KEY_ENV = "AIGW_TEST_OPENAI_KEY"
@@ -57,9 +56,7 @@ def _stub(gw: Gateway) -> tuple[grpc.aio.Channel, completion_pb2_grpc.Completion
 async def test_unary_sends_the_right_request_and_relays_the_answer(
     gw: Gateway, openai_stub: OpenAIStub
 ) -> None:
-    spans = InMemorySpanExporter()
-    assert gw.telemetry is not None
-    gw.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    spans = capture(gw)
     request = completion_pb2.CompleteRequest(
         model="gpt",
         messages=[
@@ -153,7 +150,7 @@ async def test_upstream_errors_map_to_grpc_codes_with_the_upstream_message(
             assert KEY not in info.value.details()
 
 
-async def _ended(spans: InMemorySpanExporter, n: int) -> tuple[ReadableSpan, ...]:
+async def _ended(spans: CapturedSpans, n: int) -> tuple[ReadableSpan, ...]:
     """The spans once `n` have ended (the server span ends a moment after the client's error)."""
     try:
         async with asyncio.timeout(5):
@@ -191,9 +188,7 @@ async def test_a_client_deadline_shorter_than_the_route_timeout_ends_the_upstrea
     stub sees the gateway hang up at the client's deadline, and both spans end then, not when
     the route's timeout or the upstream's 5 s answer would have ended them."""
     deadline = 0.5
-    spans = InMemorySpanExporter()
-    assert gw.telemetry is not None
-    gw.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    spans = capture(gw)
     openai_stub.next_responses.append(_slow_reply(streamed))
     ch, stub = _stub(gw)
     async with ch:
@@ -230,9 +225,7 @@ async def test_a_passed_client_deadline_is_recorded_as_deadline_exceeded(
     # once, it won some or all of them in every round seen here. Three rounds of 20, so the
     # claim (all of them right) cannot hold by chance.
     calls, rounds = 20, 3
-    spans = InMemorySpanExporter()
-    assert gw.telemetry is not None
-    gw.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    spans = capture(gw)
     openai_stub.by_model["gpt-4o-mini"] = _slow_reply(streamed)
     ch, stub = _stub(gw)
     async with ch:

@@ -16,12 +16,11 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.server import Gateway
 from tests.conftest import chat
 from tests.otlp_receivers import GrpcOtlpReceiver, HttpOtlpReceiver
+from tests.span_capture import capture
 
 HTTP = otel_config_pb2.PROTOCOL_HTTP
 GRPC = otel_config_pb2.PROTOCOL_GRPC
@@ -65,12 +64,12 @@ async def clients(
 
 async def flush(gw: Gateway) -> None:
     assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.span_export.force_flush, 10_000)
+    assert await asyncio.to_thread(gw.telemetry.force_flush, 10)
 
 
 async def flush_metrics(gw: Gateway) -> None:
     assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.metric_export.force_flush, 10_000)
+    assert await asyncio.to_thread(gw.telemetry.flush_metrics, 10)
 
 
 CASES = [
@@ -346,7 +345,6 @@ async def test_switching_under_load_delivers_every_span_exactly_once(
     """50 switches between three slow receivers (HTTP proto, HTTP JSON, gRPC) while clients
     call: switches land while an export is in flight, every receiver gets spans, and every
     span arrives exactly once."""
-    captured = InMemorySpanExporter()
     assert gateway.telemetry is not None
     # Exports held by a receiver at the instant of each exporter swap inside the gateway.
     held_at_swap: list[int] = []
@@ -376,7 +374,7 @@ async def test_switching_under_load_delivers_every_span_exactly_once(
                 timeout=10,
             )
             # Capture from here on: every span ended from now must arrive somewhere.
-            gateway.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(captured))
+            captured = capture(gateway)
             stop = asyncio.Event()
             calls = 0
 
@@ -520,7 +518,7 @@ async def test_failing_backend_costs_counted_drops_never_requests(gateway: Gatew
             )
             # The trace store kept every trace whatever the exporter did.
             listed = await admin.ListTraces(admin_pb2.ListTracesRequest(page_size=100), timeout=5)
-            await asyncio.to_thread(gateway.telemetry.store_processor.force_flush, 5000)
+            await asyncio.to_thread(gateway.telemetry.flush_traces, 5)
             listed = await admin.ListTraces(admin_pb2.ListTracesRequest(page_size=100), timeout=5)
             completes = [t for t in listed.traces if t.root_span_name.endswith("/Complete")]
             assert len(completes) == 6

@@ -132,10 +132,11 @@ async def test_kill_9_during_set_otel_config_leaves_old_or_new(tmp_path: Path) -
         await stop_process(proc)
 
 
-# README "Operations": every span of a finished request is written within 0.2 s (one batch of
-# <= 512 spans); kill -9 loses at most what was queued and not yet written (<= 0.2 s of traffic).
-FLUSH_INTERVAL_S = 0.2
-MAX_BATCH_SPANS = 512
+# README "Operations": every span of a finished request is written within 0.25 s (0.05 s as a
+# call record, 0.2 s in the store's queue); kill -9 loses at most what was queued and not yet
+# written: <= 0.25 s of traffic, at most one record batch (1024) and one store batch (512).
+FLUSH_INTERVAL_S = 0.25
+MAX_LOST_SPANS = 1024 + 512
 SPANS_PER_CALL = 2  # the RPC's server span and the GenAI client span
 # Scheduling slack on a shared 2-core machine: the writer's wake-up and its transaction.
 SLACK_S = 0.3
@@ -190,8 +191,8 @@ async def test_kill_9_under_load_loses_at_most_the_documented_bound(tmp_path: Pa
     lost_ages = sorted(killed - at for n, at in finished.items() if n not in stored_calls)
     oldest = f"{lost_ages[-1]:.3f}" if lost_ages else "-"
     report = f"{lost_spans} spans of {done} calls lost; the oldest lost call ended {oldest}s before"
-    # The bound in spans: what the last flush interval queued, at most one batch.
-    assert lost_spans <= MAX_BATCH_SPANS, report
+    # The bound in spans: what the last flush interval queued, at most one batch of each.
+    assert lost_spans <= MAX_LOST_SPANS, report
     # And which spans: only those of calls that ended in the last flush interval.
     settled = {n for n, at in finished.items() if at < killed - FLUSH_INTERVAL_S - SLACK_S}
     missing = sorted(settled - stored_calls)

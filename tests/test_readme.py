@@ -79,7 +79,7 @@ async def test_every_grpcurl_command_in_the_readme_works(gateway: Gateway) -> No
         if line.endswith("ListTraces"):
             # The trace store is written off the request path: let the calls above land first.
             assert gateway.telemetry is not None
-            await asyncio.to_thread(gateway.telemetry.store_processor.force_flush, 5000)
+            await asyncio.to_thread(gateway.telemetry.flush_traces, 5)
         outputs[line] = await asyncio.to_thread(run_grpcurl, line, address)
 
     listed = outputs[lines[0]].split()
@@ -120,7 +120,7 @@ async def test_every_admin_grpcurl_command_in_the_readme_works(gateway: Gateway)
     complete = next(x for x in _grpcurl_lines("A grpcurl session") if x.endswith("/Complete"))
     await asyncio.to_thread(run_grpcurl, complete, address)
     assert gateway.telemetry is not None
-    await asyncio.to_thread(gateway.telemetry.store_processor.force_flush, 5000)
+    await asyncio.to_thread(gateway.telemetry.flush_traces, 5)
     with HttpOtlpReceiver() as http, GrpcOtlpReceiver() as grpc_receiver:
         outputs = []
         trace_id = ""

@@ -282,8 +282,8 @@ async def _complete(gw: Gateway, calls: int) -> None:
 
 async def _flush(gw: Gateway) -> None:
     assert gw.telemetry is not None
-    assert await asyncio.to_thread(gw.telemetry.span_export.force_flush, 10_000)
-    assert await asyncio.to_thread(gw.telemetry.metric_export.force_flush, 10_000)
+    assert await asyncio.to_thread(gw.telemetry.force_flush, 10)
+    assert await asyncio.to_thread(gw.telemetry.flush_metrics, 10)
 
 
 @pytest.mark.parametrize("temporality", TEMPORALITIES)

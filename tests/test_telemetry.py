@@ -12,8 +12,6 @@ import grpc
 import pytest
 from aigw.v1 import completion_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,19 +19,13 @@ from gateway.config import RouteConfig, TelemetryConfig
 from gateway.server import Gateway
 from tests.conftest import GatewayFactory, chat
 from tests.openai_stub import Fault, OpenAIStub
+from tests.span_capture import CapturedSpans, capture
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 
 
-def capture(gw: Gateway) -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    assert gw.telemetry is not None
-    gw.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
-
-
-async def finished(spans: InMemorySpanExporter, n: int) -> tuple[ReadableSpan, ...]:
+async def finished(spans: CapturedSpans, n: int) -> tuple[ReadableSpan, ...]:
     """The spans once `n` have ended: an aborted call's status can reach the client a moment
     before the server's interceptor has ended its span."""
     async with asyncio.timeout(5):
@@ -188,6 +180,9 @@ async def test_content_is_recorded_only_when_opted_in_and_capped(
 
 
 def scrape(gw: Gateway) -> str:
+    """/metrics once the calls made so far have been measured (records travel in batches)."""
+    assert gw.telemetry is not None
+    assert gw.telemetry.local.flush(5.0)
     with urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5) as r:
         return r.read().decode()
 

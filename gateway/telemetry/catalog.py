@@ -42,6 +42,7 @@ class Attr:
     OUTCOME = "outcome"
     REASON = "reason"
     EVENT = "event"
+    PROCESS = "process"
     METADATA_PREFIX = "metadata."
 
 
@@ -138,6 +139,21 @@ class CATALOG:
         "{span}",
         "Spans not exported: queue_full, export_disabled, shutdown.",
         (Attr.REASON,),
+    )
+    RECORDS_DROPPED = Instrument(
+        "aigw.telemetry.records.dropped",
+        Kind.OBSERVABLE_COUNTER,
+        "{record}",
+        "Call records (spans and measurements) lost on their way from a serving process to "
+        "the telemetry side: queue_full, telemetry_unavailable, failed, shutdown.",
+        (Attr.REASON,),
+    )
+    PROCESS_RESTARTS = Instrument(
+        "aigw.process.restarts",
+        Kind.OBSERVABLE_COUNTER,
+        "{restart}",
+        "Processes of this gateway restarted after they died: telemetry, worker.",
+        (Attr.PROCESS,),
     )
     METRIC_EXPORTS = Instrument(
         "aigw.telemetry.metrics.exports",

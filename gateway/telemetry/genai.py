@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.chat import ChatMessage, ChatRequest
 from gateway.config import RouteConfig, TelemetryConfig
@@ -42,6 +42,7 @@ from gateway.errors import GatewayError
 from gateway.telemetry.catalog import Attr
 from gateway.telemetry.labels import MetadataLabels
 from gateway.telemetry.metrics import Attributes, GatewayMetrics
+from gateway.telemetry.span_record import AnySpan, SpanRecord, SpanRecorder, current_span
 
 __all__ = ["GenAITelemetry", "UpstreamCall"]
 
@@ -55,8 +56,10 @@ class _AttrSets:
 
 
 class GenAITelemetry:
-    def __init__(self, tracer: Tracer, metrics: GatewayMetrics, config: TelemetryConfig) -> None:
-        self._tracer = tracer
+    def __init__(
+        self, spans: SpanRecorder, metrics: GatewayMetrics, config: TelemetryConfig
+    ) -> None:
+        self._spans = spans
         self._metrics = metrics
         self._record_content = config.record_content
         self._content_cap = config.content_max_chars
@@ -136,7 +139,7 @@ class GenAITelemetry:
         if server_port:
             attributes[Attr.SERVER_PORT] = server_port
         # The RPC's server span, current while the servicer starts the call.
-        rpc_span = trace.get_current_span()
+        rpc_span = current_span()
         if self._record_content:
             attributes["gen_ai.input.messages"] = self.input_messages(request.messages)
             if rpc_span.is_recording():
@@ -147,8 +150,11 @@ class GenAITelemetry:
                         "input.mime_type": "application/json",
                     }
                 )
-        span = self._tracer.start_span(
-            f"chat {request.model}", kind=SpanKind.CLIENT, attributes=attributes
+        span = self._spans.start(
+            f"chat {request.model}",
+            SpanKind.CLIENT,
+            attributes,  # type: ignore[arg-type]
+            rpc_span,
         )
         labels = self._labels.labels(metadata) if self._labels.enabled else ()
         return UpstreamCall(self, span, rpc_span, route, provider, labels, stream)
@@ -298,8 +304,8 @@ class UpstreamCall:
     def __init__(
         self,
         owner: GenAITelemetry,
-        span: trace.Span,
-        rpc_span: trace.Span,
+        span: SpanRecord,
+        rpc_span: AnySpan,
         route: RouteConfig,
         provider: str,
         labels: tuple[tuple[str, str], ...],
@@ -326,7 +332,7 @@ class UpstreamCall:
         fail (OpenTelemetry logs an ERROR each time), and there is nothing of ours to undo: the
         context is restored only in the Context it was attached in.
         """
-        token = otel_context.attach(trace.set_span_in_context(self.span))
+        token = otel_context.attach(trace.set_span_in_context(self.span.otel_span()))
         here = _ATTACHED_HERE.set(True)
         try:
             yield
@@ -411,7 +417,7 @@ class UpstreamCall:
         message = error.message if error is not None else message
         elapsed = time.perf_counter() - self._started
         self.span.set_attribute(Attr.ERROR_TYPE, error_type)
-        self.span.set_status(Status(StatusCode.ERROR, message))
+        self.span.set_status(StatusCode.ERROR, message)
         sets = self._owner.attr_sets(self._route, self._provider, "", error_type, self._labels)
         self._owner._metrics.genai_finished(sets.base, elapsed)
         self.span.end()

@@ -7,16 +7,18 @@ server-streaming handlers. This one follows the current RPC conventions: span na
 (the status name as a string), `error.type` on any non-OK status, server and peer address.
 Span status is ERROR only for the codes the conventions call server errors (UNKNOWN,
 DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS); a client's bad request is
-not the server's failure.
+not the server's failure. Spans are `SpanRecord`s (span_record.py): the request pays for a dict
+and a tuple; the SDK span is built later, off the request path.
 
 A W3C `traceparent`/`baggage` in the request metadata makes the span a child of the caller's.
 Health checks and reflection are not traced: a probe every few seconds would bury real traffic.
 
 A server-streaming handler is an async generator, and a client's cancel can leave it parked at a
 `yield`; the event loop's async-generator finalizer then closes it from another task, in another
-`contextvars.Context`. A span attached with `context.attach` across that `yield` cannot be
-detached there (OpenTelemetry logs an ERROR per attempt: any client could fill the log). So a
-stream's span is never attached to the caller's context: the handler's generator runs, step by
+`contextvars.Context`. A span made current across that `yield` cannot be reset there (a context
+variable resets only in the Context it was set in; OpenTelemetry's detach logs an ERROR per
+attempt, so any client could fill the log). So a stream's span is never made current in the
+caller's context: the handler's generator runs, step by
 step, in a Context of its own where the span is current (`_RunIn`), the way a task runs its
 coroutine, and its closing runs there too.
 """
@@ -30,13 +32,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 from gateway.errors import cancellation
 from gateway.telemetry.catalog import Attr
 from gateway.telemetry.metrics import Attributes, GatewayMetrics
+from gateway.telemetry.span_record import CURRENT_SPAN, SpanRecord, SpanRecorder
 
 __all__ = ["TelemetryInterceptor", "parse_peer"]
 
@@ -83,9 +85,9 @@ class _Method:
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, tracer: Tracer, metrics: GatewayMetrics, server_address: str, server_port: int
+        self, spans: SpanRecorder, metrics: GatewayMetrics, server_address: str, server_port: int
     ) -> None:
-        self._tracer = tracer
+        self._spans = spans
         self._metrics = metrics
         self._server_address = server_address
         self._server_port = server_port
@@ -125,36 +127,36 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     def _start(
         self, method: _Method, context: grpc.aio.ServicerContext
-    ) -> tuple[trace.Span, otel_context.Context, float]:
-        """The server span, and the OpenTelemetry context with it current (not attached)."""
+    ) -> tuple[SpanRecord, float]:
+        """The server span: a child of the caller's when the metadata carries one."""
         metadata = context.invocation_metadata() or ()
-        parent = None
+        parent: SpanContext | None = None
         # Most calls carry no trace context: build the carrier only for those that do.
         if any(key == "traceparent" for key, _ in metadata):
-            parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
+            carrier = {k: v for k, v in metadata if isinstance(v, str)}
+            parent = trace.get_current_span(propagate.extract(carrier)).get_span_context()
         address, port = parse_peer(context.peer())
-        span = self._tracer.start_span(
-            method.name, context=parent, kind=SpanKind.SERVER, attributes=method.span_attrs
-        )
-        span.set_attribute(Attr.PEER_ADDRESS, address)
+        attributes: dict[str, str | int] = {**method.span_attrs, Attr.PEER_ADDRESS: address}
         if port is not None:
-            span.set_attribute(Attr.PEER_PORT, port)
+            attributes[Attr.PEER_PORT] = port
+        span = self._spans.start(method.name, SpanKind.SERVER, attributes, parent)  # type: ignore[arg-type]
         self._metrics.rpc_started(method.name)
-        return span, trace.set_span_in_context(span, parent), time.perf_counter()
+        return span, time.perf_counter()
 
     def _finish(
         self,
         method: _Method,
-        span: trace.Span,
+        span: SpanRecord,
         started: float,
         code: grpc.StatusCode,
         message: str,
     ) -> None:
-        span.set_attribute(Attr.RPC_STATUS, code.name)
+        attributes = span.attributes
+        attributes[Attr.RPC_STATUS] = code.name
         if code is not grpc.StatusCode.OK:
-            span.set_attribute(Attr.ERROR_TYPE, code.name)
+            attributes[Attr.ERROR_TYPE] = code.name
             if code in _SERVER_ERRORS:
-                span.set_status(Status(StatusCode.ERROR, message))
+                span.set_status(StatusCode.ERROR, message)
         span.end()
         self._metrics.rpc_finished(method.name, method.by_code[code], time.perf_counter() - started)
 
@@ -162,10 +164,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: _Method
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            span, span_context, started = self._start(method, context)
-            # A coroutine runs in one task from start to end, cancelled or not: attach and
-            # detach happen in the same Context.
-            token = otel_context.attach(span_context)
+            span, started = self._start(method, context)
+            # A coroutine runs in one task from start to end, cancelled or not: set and reset
+            # happen in the same Context.
+            token = CURRENT_SPAN.set(span)
             code, message = grpc.StatusCode.OK, ""
             try:
                 response = await behavior(request, context)
@@ -179,7 +181,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 code, message = _status_of(context, e)
                 raise
             finally:
-                otel_context.detach(token)
+                CURRENT_SPAN.reset(token)
                 self._finish(method, span, started, code, message)
 
         return unary
@@ -190,11 +192,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         method: _Method,
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            span, span_context, started = self._start(method, context)
+            span, started = self._start(method, context)
             # The handler's own Context: a copy of the caller's with the span current. Nothing
-            # is attached to the caller's, so nothing is held across this generator's yields.
+            # is set in the caller's, so nothing is held across this generator's yields.
             handler_context = contextvars.copy_context()
-            handler_context.run(otel_context.attach, span_context)
+            handler_context.run(CURRENT_SPAN.set, span)
             responses = behavior(request, context)
             code, message = grpc.StatusCode.OK, ""
             try:

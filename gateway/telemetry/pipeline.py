@@ -1,9 +1,15 @@
-"""Builds the gateway's tracer and meter providers and takes them down in order.
+"""The telemetry side: from call records to the trace store, `/metrics` and OTLP export.
 
-    TracerProvider ─→ TraceStoreProcessor → trace store (SQLite, or PostgreSQL for a fleet)
-                   └→ OTLP span export (gate → batch processor → switchable exporter)
-    MeterProvider  ─→ PrometheusMetricReader → /metrics (always on)
-                   └→ OTLP metric export (periodic reader → switchable exporter)
+    call records ─→ TelemetryIngest ─→ span processors ─→ TraceStoreProcessor → trace store
+    (batches)                        │                 └→ OTLP span export (switchable exporter)
+                                     └→ MetricInstruments → MeterProvider
+                                          ─→ PrometheusMetricReader → /metrics (always on)
+                                          └→ OTLP metric export (periodic reader)
+
+Records arrive in batches: from this process's own serving side through `local` (a
+`BatchWorker`; `recorder` is what that serving side records into), or from serving processes
+through the telemetry process's intake (`gateway/processes/`). Either way nothing here runs on a
+request's path.
 
 Providers are per gateway instance, never the process-global ones: several gateways can run in
 one process (the tests do) and nothing else in the process can add processors behind our back.
@@ -17,23 +23,25 @@ import time
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.config import TelemetryConfig
 from gateway.redaction import REDACTOR
+from gateway.telemetry.batch_worker import BatchWorker
 from gateway.telemetry.catalog import CATALOG, histogram_views
 from gateway.telemetry.control import ExportHealth
 from gateway.telemetry.export_outcome import ExportOutcome
 from gateway.telemetry.export_probe import probe_export
 from gateway.telemetry.export_settings import ExporterSettings, OtelSettings
 from gateway.telemetry.export_stats import ExportStats
-from gateway.telemetry.genai import GenAITelemetry
+from gateway.telemetry.ingest import TelemetryIngest
 from gateway.telemetry.metric_export import MetricExport
-from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.metrics import MetricInstruments
 from gateway.telemetry.otlp_exporters import build_metric_exporter, build_span_exporter
+from gateway.telemetry.recorder import CallRecorder
 from gateway.telemetry.span_export import SpanExportProcessor
 from gateway.telemetry.trace_store import TraceStore
 from gateway.telemetry.trace_store_processor import TraceStoreProcessor
@@ -41,6 +49,8 @@ from gateway.telemetry.trace_store_processor import TraceStoreProcessor
 __all__ = ["Telemetry"]
 
 _log = logging.getLogger(__name__)
+
+_SWITCH_FLUSH_SECONDS = 1.0
 
 
 class Telemetry:
@@ -51,9 +61,13 @@ class Telemetry:
         self.store_processor = TraceStoreProcessor(self.store)
         self.trace_stats = ExportStats()
         self.span_export = SpanExportProcessor(self.trace_stats)
-        self.tracer_provider = TracerProvider(resource=self.resource)
-        self.tracer_provider.add_span_processor(self.store_processor)
-        self.tracer_provider.add_span_processor(self.span_export)
+        self.processors = SynchronousMultiSpanProcessor()
+        self.processors.add_span_processor(self.store_processor)
+        self.processors.add_span_processor(self.span_export)
+        # Spans made with the SDK (none on the request path) reach the same processors.
+        self.tracer_provider = TracerProvider(
+            resource=self.resource, active_span_processor=self.processors
+        )
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.prometheus_reader = PrometheusMetricReader(
@@ -66,17 +80,31 @@ class Telemetry:
             metric_readers=[self.prometheus_reader],
             views=histogram_views(),
         )
-        self.metrics = GatewayMetrics(self.meter_provider.get_meter("aigw", __version__))
-        self.metrics.observe(CATALOG.TRACE_STORE_SPANS, self._store_counts)
+        self.instruments = instruments = MetricInstruments(
+            self.meter_provider.get_meter("aigw", __version__), active=lambda: self.ingest.active()
+        )
+        self.ingest = TelemetryIngest(resource, self.processors, instruments)
+        instruments.observe(CATALOG.TRACE_STORE_SPANS, self._store_counts)
         self.metric_stats = ExportStats()
         self.metric_export = MetricExport(self.meter_provider, self.metric_stats)
-        self.metrics.observe(CATALOG.SPANS_EXPORTED, self.trace_stats.results)
-        self.metrics.observe(CATALOG.SPANS_DROPPED, self.trace_stats.dropped)
-        self.metrics.observe(CATALOG.METRIC_EXPORTS, self.metric_stats.attempts)
+        instruments.observe(CATALOG.SPANS_EXPORTED, self.trace_stats.results)
+        instruments.observe(CATALOG.SPANS_DROPPED, self.trace_stats.dropped)
+        instruments.observe(CATALOG.METRIC_EXPORTS, self.metric_stats.attempts)
+        instruments.observe(CATALOG.RECORDS_DROPPED, self.ingest.dropped)
+        self.restarts: dict[tuple[str, ...], int] = {}
+        instruments.observe(CATALOG.PROCESS_RESTARTS, lambda: self.restarts)
         self.settings = OtelSettings()
         self.tracer: Tracer = self.tracer_provider.get_tracer("aigw", __version__)
-        self.genai = GenAITelemetry(self.tracer, self.metrics, config)
+        # This process's own serving side, when it has one (one-process mode, the tests).
+        self.local: BatchWorker[tuple[object, ...]] = BatchWorker(
+            "aigw-telemetry-records", self.ingest.take
+        )
+        self.recorder = CallRecorder(config, self.local.put)
+        self.ingest.report("local", self.recorder.metrics.active, self.local.dropped)
         self._closed = False
+
+    def start(self) -> None:
+        self.local.start()
 
     def _store_counts(self) -> dict[tuple[str, ...], int]:
         p = self.store_processor
@@ -94,7 +122,18 @@ class Telemetry:
         return self.store
 
     def flush_traces(self, timeout: float) -> bool:
-        return self.store_processor.force_flush(max(int(timeout * 1000), 0))
+        deadline = time.monotonic() + timeout
+        return self.local.flush(timeout) and self.store_processor.force_flush(_ms_left(deadline))
+
+    def force_flush(self, timeout: float) -> bool:
+        """Every call recorded so far stored and exported (or failed), within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        return self.local.flush(timeout) and self.tracer_provider.force_flush(_ms_left(deadline))
+
+    def flush_metrics(self, timeout: float) -> bool:
+        """Every call recorded so far measured and one OTLP metric export done, in `timeout` s."""
+        deadline = time.monotonic() + timeout
+        return self.local.flush(timeout) and self.metric_export.force_flush(_ms_left(deadline))
 
     def health(self) -> ExportHealth:
         return ExportHealth(
@@ -110,6 +149,9 @@ class Telemetry:
         Exporters are built before anything is switched, so a failure to build one (a bad
         certificate, say) leaves the running export untouched.
         """
+        # Calls this process recorded before the switch are exported where they were meant
+        # to go (serving processes flush theirs before they forward a change).
+        self.local.flush(_SWITCH_FLUSH_SECONDS)
         traces, metrics = settings.traces, settings.metrics
         REDACTOR.set_secrets(
             f"otlp-export-{id(self)}", [v for _, v in (*traces.headers, *metrics.headers)]
@@ -133,8 +175,9 @@ class Telemetry:
         self._closed = True
 
         def left_ms() -> int:
-            return max(int((deadline - time.monotonic()) * 1000), 0)
+            return _ms_left(deadline)
 
+        self.local.shutdown(deadline)
         if not self.tracer_provider.force_flush(left_ms()):
             _log.warning("span pipeline did not flush before the shutdown deadline")
         self.span_export.shutdown(max(left_ms(), 1))
@@ -142,3 +185,7 @@ class Telemetry:
         self.metric_export.shutdown(max(left_ms(), 1) / 1000)
         self.meter_provider.shutdown(timeout_millis=max(left_ms(), 1))
         self.store.close()
+
+
+def _ms_left(deadline: float) -> int:
+    return max(int((deadline - time.monotonic()) * 1000), 0)

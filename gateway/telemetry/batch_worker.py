@@ -1,0 +1,189 @@
+"""`BatchWorker`: a bounded queue drained in batches by one thread, for the request path.
+
+`put` is what a request pays: a length check and a deque append, no lock, no wake-up (the
+worker wakes on its own every `interval`, or once when a full batch is waiting). It never
+blocks or raises; a full queue drops the new item and counts it by reason. The worker hands
+batches of up to `max_batch` items to `deliver`:
+
+- `deliver` returns: the batch is done;
+- `deliver` raises `DeliveryDeferred(reason)`: the receiving side is away (the telemetry
+  process is restarting, say); the batch is kept and retried with a backoff from 50 ms to 2 s,
+  and while that lasts, drops caused by the full queue count under `reason`;
+- `deliver` raises anything else: the batch is lost, counted as `failed`, the error logged
+  once per distinct message.
+
+`flush(timeout)` waits until every item put before it is done; `shutdown(deadline)` delivers
+what is queued until `deadline` (a `time.monotonic()` value, shared with the caller's other
+shutdown steps), then counts what is left as `shutdown` and stops. Both are safe before
+`start` and twice.
+
+Single producer: `put` is called from one thread (the event loop's), as every request-path
+record is; `flush` and `shutdown` from any.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
+
+__all__ = ["BatchWorker", "DeliveryDeferred"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_RETRY_FIRST: Final = 0.05
+_RETRY_MAX: Final = 2.0
+_MAX_REMEMBERED_ERRORS: Final = 32
+
+
+class DeliveryDeferred(Exception):
+    """The receiver cannot take the batch now; keep it and retry."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class BatchWorker(Generic[_T]):
+    def __init__(
+        self,
+        name: str,
+        deliver: Callable[[list[_T]], None],
+        *,
+        capacity: int = 50_000,
+        max_batch: int = 1024,
+        interval: float = 0.05,
+    ) -> None:
+        if capacity < 1 or max_batch < 1 or not interval > 0:
+            raise ValueError("capacity and max_batch must be at least 1, interval positive")
+        self._name = name
+        self._deliver = deliver
+        self._capacity = capacity
+        self._max_batch = max_batch
+        self._interval = interval
+        self._queue: deque[_T] = deque()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self._put = 0  # items accepted (the producer's count)
+        self._done = 0  # items delivered, failed or dropped after acceptance (the worker's)
+        self._full_reason = "queue_full"
+        self.dropped: Counter[str] = Counter()
+        self._logged: set[str] = set()
+        self._stopping = False
+        self._stop = threading.Event()  # cuts a retry pause short
+        self._deadline = 0.0
+        self._thread: threading.Thread | None = None
+
+    # --- the request path ----------------------------------------------------------------
+
+    def put(self, item: _T) -> None:
+        queue = self._queue
+        if len(queue) >= self._capacity or self._stopping:
+            self.dropped["shutdown" if self._stopping else self._full_reason] += 1
+            return
+        queue.append(item)
+        self._put += 1
+        if len(queue) == self._max_batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None or self._stopping:
+            return
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        """True when everything put before the call is done within `timeout` seconds."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        target = self._put
+        self._wake.set()
+        with self._cond:
+            while self._done < target:
+                left = deadline - time.monotonic()
+                thread = self._thread
+                if left <= 0 or thread is None or not thread.is_alive():
+                    return self._done >= target
+                self._cond.wait(min(left, 0.05))
+                self._wake.set()
+        return True
+
+    def shutdown(self, deadline: float) -> None:
+        if self._stopping:
+            return
+        self._deadline = deadline
+        self._stopping = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # A delivery in progress gets a little past the deadline to finish on its own.
+            thread.join(max(deadline - time.monotonic(), 0.0) + 1.0)
+        left = len(self._queue)
+        if left and (thread is None or not thread.is_alive()):
+            self._queue.clear()
+            self._count_done(left, "shutdown")
+
+    # --- the worker ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            while queue:
+                take = min(len(queue), self._max_batch)
+                batch = [queue.popleft() for _ in range(take)]
+                self._deliver_one(batch)
+            if self._stopping:
+                return
+
+    def _deliver_one(self, batch: list[_T]) -> None:
+        retry_in = _RETRY_FIRST
+        while True:
+            try:
+                self._deliver(batch)
+            except DeliveryDeferred as e:
+                self._full_reason = e.reason
+                if self._stopping and time.monotonic() >= self._deadline:
+                    self._count_done(len(batch), "shutdown")
+                    return
+                if self._stopping:
+                    time.sleep(min(retry_in, max(self._deadline - time.monotonic(), 0.0)))
+                else:
+                    self._stop.wait(retry_in)
+                retry_in = min(retry_in * 2, _RETRY_MAX)
+                continue
+            except Exception as e:  # a bug in delivery must not stop the worker
+                self._log_once(e, len(batch))
+                self._count_done(len(batch), "failed")
+                return
+            self._full_reason = "queue_full"
+            self._count_done(len(batch), None)
+            return
+
+    def _count_done(self, n: int, drop_reason: str | None) -> None:
+        with self._cond:
+            if drop_reason is not None:
+                self.dropped[drop_reason] += n
+            self._done += n
+            self._cond.notify_all()
+
+    def _log_once(self, error: Exception, lost: int) -> None:
+        key = f"{type(error).__name__}: {error}"
+        if key in self._logged:
+            return
+        if len(self._logged) < _MAX_REMEMBERED_ERRORS:
+            self._logged.add(key)
+        _log.error(
+            "%s: a batch of %d record(s) was lost: %s", self._name, lost, key, exc_info=error
+        )

@@ -1,0 +1,118 @@
+"""The telemetry side's intake: batches of call records become SDK spans and measurements.
+
+Serving processes (or, in one process, the gateway's own record worker) deliver batches of the
+records `call_records.py` describes. Each `SPAN` record becomes the SDK's `ReadableSpan` —
+the object every span processor, the trace store and the OTLP exporters take — with this
+gateway's resource and instrumentation scope, and is handed to the span processors; each
+`MEASURE` record is recorded on its instrument. In-flight counts and record drops are kept
+per source and summed for `/metrics`, so N serving processes show as one gateway.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from gateway import __version__
+from gateway.telemetry.call_records import SPAN
+from gateway.telemetry.metrics import MetricInstruments
+
+__all__ = ["SCOPE", "TelemetryIngest"]
+
+SCOPE = InstrumentationScope("aigw", __version__)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_KINDS = {k.value: k for k in SpanKind}
+_STATUS = {c.value: Status(c) for c in StatusCode}
+
+
+class TelemetryIngest:
+    def __init__(
+        self,
+        resource: Resource,
+        processors: SynchronousMultiSpanProcessor,
+        instruments: MetricInstruments,
+    ) -> None:
+        self._resource = resource
+        self._processors = processors
+        self._instruments = instruments
+        self._lock = threading.Lock()
+        self._active: dict[str, Mapping[str, int]] = {}
+        self._dropped: dict[str, Mapping[str, int]] = {}
+        self._trace_states: dict[str, TraceState] = {}
+
+    def take(self, records: Sequence[tuple[object, ...]]) -> None:
+        """Build and hand on one batch. Runs on the delivering thread, never a request's."""
+        on_end = self._processors.on_end
+        record = self._instruments.record
+        for r in records:
+            if r[0] == SPAN:
+                on_end(self._span(r))
+            else:
+                record(r[1], r[2], r[3])  # type: ignore[arg-type]
+
+    def _span(self, r: tuple[object, ...]) -> ReadableSpan:
+        _, name, kind, trace_id, span_id, parent_id, remote, state, start, end, attrs, code, msg = r
+        trace_state = self._trace_state(state) if state else None  # type: ignore[arg-type]
+        parent = (
+            SpanContext(trace_id, parent_id, bool(remote), _SAMPLED, trace_state)  # type: ignore[arg-type]
+            if parent_id
+            else None
+        )
+        status = Status(StatusCode.ERROR, msg) if msg else _STATUS[code]  # type: ignore[arg-type,index]
+        return ReadableSpan(
+            name=name,  # type: ignore[arg-type]
+            context=SpanContext(trace_id, span_id, False, _SAMPLED, trace_state),  # type: ignore[arg-type]
+            parent=parent,
+            resource=self._resource,
+            attributes=attrs,  # type: ignore[arg-type]
+            kind=_KINDS[kind],  # type: ignore[index]
+            instrumentation_scope=SCOPE,
+            status=status,
+            start_time=start,  # type: ignore[arg-type]
+            end_time=end,  # type: ignore[arg-type]
+        )
+
+    def _trace_state(self, header: str) -> TraceState:
+        # A caller's tracestate repeats on every span of its trace: parse each one once.
+        state = self._trace_states.get(header)
+        if state is None:
+            state = TraceState.from_header([header])
+            if len(self._trace_states) < 1024:
+                self._trace_states[header] = state
+        return state
+
+    # --- per-source state: in-flight calls and record drops ----------------------------------
+
+    def report(self, source: str, active: Mapping[str, int], dropped: Mapping[str, int]) -> None:
+        """What `source` says of itself now: in-flight calls, cumulative record drops.
+
+        In one process these are the live mappings themselves, read at each collection.
+        """
+        with self._lock:
+            self._active[source] = active
+            self._dropped[source] = dropped
+
+    def forget(self, source: str) -> None:
+        """`source` is gone: its calls are no longer in flight; its drops stay counted."""
+        with self._lock:
+            self._active.pop(source, None)
+
+    def active(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        with self._lock:
+            for counts in self._active.values():
+                total.update(dict(counts))  # a copy: a live mapping may change meanwhile
+        return dict(total)
+
+    def dropped(self) -> dict[tuple[str, ...], int]:
+        total: Counter[str] = Counter()
+        with self._lock:
+            for counts in self._dropped.values():
+                total.update(dict(counts))
+        return {(reason,): n for reason, n in total.items()}
