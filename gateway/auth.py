@@ -194,3 +194,26 @@ def _as_principal(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHa
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+# A serving process forwards AdminService calls, already authorised, to the telemetry process
+# over a socket only this gateway's processes can open; this carries who made them.
+PRINCIPAL_METADATA = "x-aigw-principal"
+
+
+class ForwardedPrincipal(grpc.aio.ServerInterceptor):
+    """On the telemetry process's private socket only: the caller is the serving process that
+    checked the call, and `x-aigw-principal` names who it checked."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith(_ADMIN_PREFIX):
+            return handler
+        metadata = handler_call_details.invocation_metadata or ()  # type: ignore[attr-defined]
+        name = next((v for k, v in metadata if k == PRINCIPAL_METADATA), "")
+        return _as_principal(handler, name if isinstance(name, str) else "")

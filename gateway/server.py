@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
@@ -38,6 +38,7 @@ from gateway.router import Router
 from gateway.state_dir import private_dir
 from gateway.telemetry.interceptor import TelemetryInterceptor
 from gateway.telemetry.pipeline import Telemetry
+from gateway.telemetry.recorder import CallRecorder
 from gateway.telemetry.resource import build_resource
 from gateway.tls import (
     ServerCertificates,
@@ -47,7 +48,7 @@ from gateway.tls import (
     is_loopback_host,
 )
 
-__all__ = ["OTEL_CONFIG_FILE", "Gateway", "serve"]
+__all__ = ["OTEL_CONFIG_FILE", "ControlPlane", "Gateway", "ServingPlane", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -56,52 +57,35 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 # Time left after the grace period to flush telemetry before the process gives up on it.
-_FLUSH_SECONDS = 5.0
+FLUSH_SECONDS = 5.0
 
 
-class Gateway:
-    """One gateway instance: gRPC server, metrics side-port, telemetry. Start once, stop once."""
+class ControlPlane:
+    """The telemetry side and the control plane over it, in the process that owns them: trace
+    store, exporters, metrics, OTEL config, replicas, the side-port (`/metrics`, console) and
+    the AdminService servicer."""
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        *,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, config: GatewayConfig, env: Mapping[str, str]) -> None:
         self.config = config
-        # OTEL_* seeding and the admin token; tests pass their own instead of os.environ.
-        self._env = os.environ if env is None else env
-        self.otel: OtelConfigManager | None = None
-        self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
-        self._metrics_server: SidePort | None = None
-        self._router: Router | None = None
+        self._env = env
         self.telemetry: Telemetry | None = None
+        self.otel: OtelConfigManager | None = None
         self.replicas: Replicas | None = None
+        self.admin: AdminServicer | None = None
+        self.side_port: SidePort | None = None
         self.instance_id = ""
-        self.port = 0
         self.metrics_port = 0
-        self.certificates: ServerCertificates | None = None
         self._stopped = False
 
-    @property
-    def state_dir(self) -> Path:
-        return self.config.server.state_dir
-
     async def start(self) -> None:
-        server_cfg = self.config.server
-        host, port = parse_listen_address(server_cfg.listen)
-        metrics_host, metrics_port = parse_listen_address(server_cfg.metrics_listen)
-        # Before anything opens: certificate files that cannot be served stop the start here.
-        self.certificates = _certificates(self.config)
-        private_dir(self.state_dir)
-
+        private_dir(self.config.server.state_dir)
         resource = build_resource()
         self.instance_id = str(resource.attributes["service.instance.id"])
         backends = await asyncio.to_thread(open_backends, self.config, self._env, self.instance_id)
         self.telemetry = telemetry = Telemetry(
             self.config.telemetry, backends.trace_store, resource
         )
+        telemetry.start()
         self.otel = otel = OtelConfigManager(telemetry, backends.config_store)
         await otel.start(self._env)
         self.replicas = replicas = backends.replicas(
@@ -111,32 +95,94 @@ class Gateway:
             ),
             self.config,
         )
+        self.admin = AdminServicer(telemetry, otel, replicas)
+        admin_token = self._env.get("AIGW_ADMIN_TOKEN", "")
+        console = Console(telemetry, otel, replicas, telemetry.registry, admin_token)
+        server_cfg = self.config.server
+        metrics_host, metrics_port = parse_listen_address(server_cfg.metrics_listen)
+        self.side_port = SidePort(
+            telemetry.registry,
+            metrics_host,
+            metrics_port,
+            max_connections=server_cfg.side_port_max_connections,
+            idle_timeout=server_cfg.side_port_idle_timeout_seconds,
+            setup=console.install,
+        )
+        await self.side_port.start()
+        self.metrics_port = self.side_port.port
+
+    def announce(self, address: str) -> None:
+        """Serving at `address`: join the fleet's replica list."""
+        assert self.replicas is not None
+        self.replicas.start(Identity(instance_id=self.instance_id, address=address))
+
+    async def stop(self, deadline: float) -> None:
+        """Flush and close everything by `deadline` (monotonic); safe twice, and after a
+        failed start."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.side_port is not None:
+            await self.side_port.stop()
+        if self.replicas is not None:
+            await asyncio.to_thread(self.replicas.shutdown, deadline)
+        if self.otel is not None:
+            await self.otel.shutdown(deadline)
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown, deadline)
+
+
+class ServingPlane:
+    """The gRPC listener and what answers on it: Completion, AdminService (served here or
+    forwarded, as `add_admin` decides), health, reflection; the telemetry interceptor records
+    into `recorder`."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        env: Mapping[str, str],
+        recorder: CallRecorder,
+        add_admin: Callable[[grpc.aio.Server], None],
+    ) -> None:
+        self.config = config
+        self._env = env
+        self._recorder = recorder
+        self._add_admin = add_admin
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._router: Router | None = None
+        self.certificates: ServerCertificates | None = None
+        self.port = 0
+        self._stopped = False
+
+    async def start(self, *, reuse_port: bool = False, port: int | None = None) -> int:
+        """Listen (on `port` when given: a port the supervisor reserved) and serve."""
+        server_cfg = self.config.server
+        host, config_port = parse_listen_address(server_cfg.listen)
+        port = config_port if port is None else port
+        self.certificates = _certificates(self.config)
         self._router = Router(self.config.routes)
         admin_token = self._env.get("AIGW_ADMIN_TOKEN", "")
         api_keys = parse_api_keys(self._env.get("AIGW_API_KEYS", ""))
         # Nothing of ours logs them; a library echoing a rejected header might.
         REDACTOR.set_secrets(f"credentials-{id(self)}", [admin_token, *api_keys])
-        telemetry.start()
-        recorder = telemetry.recorder
+        recorder = self._recorder
         interceptor = TelemetryInterceptor(recorder.spans, recorder.metrics, host, port)
         limit = server_cfg.max_message_bytes
         self._server = server = grpc.aio.server(
             # Telemetry outermost: refused admin calls are traced and counted too.
-            interceptors=[
-                interceptor,
-                AuthInterceptor(admin_token, api_keys),
-            ],
+            interceptors=[interceptor, AuthInterceptor(admin_token, api_keys)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # N serving processes share one port; each must ask for it.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         completion_pb2_grpc.add_CompletionServicer_to_server(
             CompletionServicer(self._router, recorder.genai), server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(telemetry, otel, replicas), server
-        )
+        self._add_admin(server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -146,22 +192,10 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {server_cfg.listen}")
         interceptor.set_server_port(self.port)
-
-        console = Console(telemetry, otel, replicas, telemetry.registry, admin_token)
-        self._metrics_server = SidePort(
-            telemetry.registry,
-            metrics_host,
-            metrics_port,
-            max_connections=server_cfg.side_port_max_connections,
-            idle_timeout=server_cfg.side_port_idle_timeout_seconds,
-            setup=console.install,
-        )
-        await self._metrics_server.start()
-        self.metrics_port = self._metrics_server.port
         await server.start()
-        replicas.start(Identity(instance_id=self.instance_id, address=_advertised(host, self.port)))
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
 
     def _add_port(self, server: grpc.aio.Server, host: str, port: int) -> int:
         """TLS (re-read on change, mTLS with a client CA) when configured, else plaintext."""
@@ -177,32 +211,104 @@ class Gateway:
             )
         return server.add_insecure_port(address)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain and stop; safe to call twice and after a failed start."""
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING, drain in-flight calls for `grace` s, close providers; safe twice."""
         if self._stopped:
             return
         self._stopped = True
-        grace = self.config.server.grace_period_seconds if grace is None else grace
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         if self._router is not None:
             await self._router.aclose()
-        if self._metrics_server is not None:
-            await self._metrics_server.stop()
-        deadline = time.monotonic() + _FLUSH_SECONDS
-        if self.replicas is not None:
-            await asyncio.to_thread(self.replicas.shutdown, deadline)
-        if self.otel is not None:
-            await self.otel.shutdown(deadline)
-        if self.telemetry is not None:
-            await asyncio.to_thread(self.telemetry.shutdown, deadline)
         REDACTOR.set_secrets(f"credentials-{id(self)}", [])
 
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+class Gateway:
+    """One gateway in one process: serving, telemetry and control plane together (the tests',
+    and each process's building blocks). Start once, stop once."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        # OTEL_* seeding and the admin token; tests pass their own instead of os.environ.
+        self._env = os.environ if env is None else env
+        self.control = ControlPlane(config, self._env)
+        self.serving: ServingPlane | None = None
+        self._stopped = False
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.server.state_dir
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        return self.control.telemetry
+
+    @property
+    def otel(self) -> OtelConfigManager | None:
+        return self.control.otel
+
+    @property
+    def replicas(self) -> Replicas | None:
+        return self.control.replicas
+
+    @property
+    def instance_id(self) -> str:
+        return self.control.instance_id
+
+    @property
+    def metrics_port(self) -> int:
+        return self.control.metrics_port
+
+    @property
+    def port(self) -> int:
+        return 0 if self.serving is None else self.serving.port
+
+    @property
+    def certificates(self) -> ServerCertificates | None:
+        return None if self.serving is None else self.serving.certificates
+
+    async def start(self) -> None:
+        # Before anything opens: certificate files that cannot be served stop the start here.
+        _certificates(self.config)
+        await self.control.start()
+        control = self.control
+        assert control.telemetry is not None
+        assert control.admin is not None
+        admin = control.admin
+        self.serving = ServingPlane(
+            self.config,
+            self._env,
+            control.telemetry.recorder,
+            lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server),
+        )
+        port = await self.serving.start()
+        host = parse_listen_address(self.config.server.listen)[0]
+        control.announce(_advertised(host, port))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call twice and after a failed start."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.server.grace_period_seconds if grace is None else grace
+        if self.serving is not None:
+            await self.serving.stop(grace)
+        await self.control.stop(time.monotonic() + FLUSH_SECONDS)
+
+    async def wait(self) -> None:
+        assert self.serving is not None
+        await self.serving.wait()
 
 
 def _certificates(config: GatewayConfig) -> ServerCertificates | None:

@@ -78,7 +78,7 @@ async def test_idle_flood_and_slow_senders_do_not_starve_a_scrape(
         assert status == 200
         assert b"# TYPE" in body
         assert content_type.startswith("text/plain")
-        side_port = gw._metrics_server
+        side_port = gw.control.side_port
         assert side_port is not None
         assert side_port.connection_count() <= 64
         # Every idle, half-sent and trickling connection still open is closed after the timeout.
@@ -112,7 +112,7 @@ async def test_two_thousand_idle_connections_then_a_scrape(gateway_factory: Gate
         assert status == 200
         assert b"rpc_server_call_duration_seconds" in body or b"# TYPE" in body
         assert time.monotonic() - started < 10  # a generous bound: it answered, not starved
-        side_port = gw._metrics_server
+        side_port = gw.control.side_port
         assert side_port is not None
         assert side_port.connection_count() <= side_port.max_connections
     finally:
