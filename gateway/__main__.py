@@ -2,4 +2,6 @@ import sys
 
 from gateway.cli import main
 
-sys.exit(main())
+# Guarded: serving and telemetry processes are spawned, and spawn imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

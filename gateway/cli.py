@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +12,8 @@ from gateway.config import ConfigError, GatewayConfig, load_config, parse_listen
 
 __all__ = ["main"]
 
+_MAX_WORKERS = 64
+
 
 def _address(value: str) -> str:
     try:
@@ -21,6 +21,16 @@ def _address(value: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return value
+
+
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= _MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {_MAX_WORKERS}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen", type=_address, help="/metrics HOST:PORT (default 127.0.0.1:9464)"
     )
     serve.add_argument("--state-dir", type=Path, help="trace store and OTEL config directory")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="serving processes sharing the gRPC port (default 1); telemetry has its own",
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands.add_parser(
         "keygen", help="print a new key for [store] encryption_key_env (AIGW_CONFIG_KEY)"
@@ -64,33 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(new_key())
         return 0
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from gateway.redaction import install
+    from gateway.processes.child import configure_logging
 
-    install()
+    configure_logging(args.log_level)
     try:
         config = configure(args)
     except ConfigError as e:
         print(f"aigw: invalid config:\n{e}", file=sys.stderr)
         return 2
-    from admin.config_store import ConfigStoreError
-    from admin.otel_config import InvalidConfig
-    from gateway.backends import BackendError
-    from gateway.server import serve
-    from gateway.telemetry.trace_store import TraceStoreError
+    from gateway.processes.supervisor import serve
 
-    try:
-        return asyncio.run(serve(config))
-    except (ConfigStoreError, TraceStoreError, BackendError) as e:
-        print(f"aigw: cannot start: {e}", file=sys.stderr)
-        return 2
-    except InvalidConfig as e:
-        print(f"aigw: cannot start: invalid OTEL environment: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"aigw: cannot start: {e}", file=sys.stderr)
-        return 1
+    return serve(config, args.workers, args.log_level)

@@ -9,10 +9,8 @@ and metric pipelines flushed under one deadline, trace store closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -48,7 +46,15 @@ from gateway.tls import (
     is_loopback_host,
 )
 
-__all__ = ["OTEL_CONFIG_FILE", "ControlPlane", "Gateway", "ServingPlane", "serve"]
+__all__ = [
+    "FLUSH_SECONDS",
+    "OTEL_CONFIG_FILE",
+    "ControlPlane",
+    "Gateway",
+    "ServingPlane",
+    "advertised_address",
+    "server_certificates",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -160,7 +166,7 @@ class ServingPlane:
         server_cfg = self.config.server
         host, config_port = parse_listen_address(server_cfg.listen)
         port = config_port if port is None else port
-        self.certificates = _certificates(self.config)
+        self.certificates = server_certificates(self.config)
         self._router = Router(self.config.routes)
         admin_token = self._env.get("AIGW_ADMIN_TOKEN", "")
         api_keys = parse_api_keys(self._env.get("AIGW_API_KEYS", ""))
@@ -280,7 +286,7 @@ class Gateway:
 
     async def start(self) -> None:
         # Before anything opens: certificate files that cannot be served stop the start here.
-        _certificates(self.config)
+        server_certificates(self.config)
         await self.control.start()
         control = self.control
         assert control.telemetry is not None
@@ -294,7 +300,7 @@ class Gateway:
         )
         port = await self.serving.start()
         host = parse_listen_address(self.config.server.listen)[0]
-        control.announce(_advertised(host, port))
+        control.announce(advertised_address(host, port))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; safe to call twice and after a failed start."""
@@ -311,7 +317,7 @@ class Gateway:
         await self.serving.wait()
 
 
-def _certificates(config: GatewayConfig) -> ServerCertificates | None:
+def server_certificates(config: GatewayConfig) -> ServerCertificates | None:
     cfg = config.server
     if cfg.tls_cert_file is None and cfg.tls_key_file is None and cfg.client_ca_file is None:
         return None
@@ -321,7 +327,7 @@ def _certificates(config: GatewayConfig) -> ServerCertificates | None:
     return ServerCertificates(TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file))
 
 
-def _advertised(host: str, port: int) -> str:
+def advertised_address(host: str, port: int) -> str:
     """The address other replicas and operators can reach this one at."""
     if host in ("", "0.0.0.0", "::"):
         host = socket.getfqdn()
@@ -330,34 +336,3 @@ def _advertised(host: str, port: int) -> str:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-async def serve(config: GatewayConfig) -> int:
-    """Run until SIGTERM or SIGINT; answer the process exit code."""
-    gateway = Gateway(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await gateway.start()
-        _log.info(
-            "aigw serving gRPC on %s:%d, metrics on http://%s:%d/metrics, routes: %s",
-            parse_listen_address(config.server.listen)[0],
-            gateway.port,
-            parse_listen_address(config.server.metrics_listen)[0],
-            gateway.metrics_port,
-            ", ".join(sorted(config.routes)),
-        )
-        await stop.wait()
-        _log.info(
-            "shutting down: draining in-flight calls for up to %gs",
-            config.server.grace_period_seconds,
-        )
-    finally:
-        with contextlib.suppress(Exception):
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        await gateway.stop()
-    _log.info("aigw stopped")
-    return 0

@@ -12,6 +12,12 @@ batches of up to `max_batch` items to `deliver`:
 - `deliver` raises anything else: the batch is lost, counted as `failed`, the error logged
   once per distinct message.
 
+With `heartbeat`, an empty batch is delivered on every wake-up that finds the queue empty, so
+the receiver hears from this worker at least every `interval` (a telemetry process uses it to
+tell that a serving process has sent everything recorded before a given moment). `cut_at` is
+the `time.monotonic()` at which the batch being delivered was taken: everything put before it
+is in that batch or an earlier one.
+
 `flush(timeout)` waits until every item put before it is done; `shutdown(deadline)` delivers
 what is queued until `deadline` (a `time.monotonic()` value, shared with the caller's other
 shutdown steps), then counts what is left as `shutdown` and stops. Both are safe before
@@ -57,6 +63,7 @@ class BatchWorker(Generic[_T]):
         capacity: int = 50_000,
         max_batch: int = 1024,
         interval: float = 0.05,
+        heartbeat: bool = False,
     ) -> None:
         if capacity < 1 or max_batch < 1 or not interval > 0:
             raise ValueError("capacity and max_batch must be at least 1, interval positive")
@@ -65,6 +72,8 @@ class BatchWorker(Generic[_T]):
         self._capacity = capacity
         self._max_batch = max_batch
         self._interval = interval
+        self._heartbeat = heartbeat
+        self.cut_at = 0.0
         self._queue: deque[_T] = deque()
         self._wake = threading.Event()
         self._cond = threading.Condition()
@@ -140,7 +149,11 @@ class BatchWorker(Generic[_T]):
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
+            if self._heartbeat and not queue:
+                self.cut_at = time.monotonic()
+                self._deliver_one([])
             while queue:
+                self.cut_at = time.monotonic()
                 take = min(len(queue), self._max_batch)
                 batch = [queue.popleft() for _ in range(take)]
                 self._deliver_one(batch)

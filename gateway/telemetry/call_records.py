@@ -13,8 +13,11 @@ Attribute dicts are usually shared between records (one per route and status, bu
 the wire form keeps them shared.
 
 On the wire (a serving process to the telemetry process) a batch is one `marshal` dump of
-`(WIRE_VERSION, source, active, dropped, records)`: `source` names the sending process,
-`active` its in-flight calls by method, `dropped` its cumulative record drops by reason.
+`(WIRE_VERSION, source, sent_at, active, dropped, records, restarts, gone)`: `source` names
+the sending process, `sent_at` the `time.monotonic()` (one clock for every process of the
+machine) at which the batch was cut, `active` its in-flight calls by method, `dropped` its
+cumulative record drops by reason; from the supervisor only, `restarts` (cumulative, by
+process kind) and `gone` (sources that died: their calls are no longer in flight).
 marshal because it is the fastest codec in the standard library for exactly these types and,
 unlike pickle, cannot run code while loading (decisions.md).
 """
@@ -28,7 +31,15 @@ from typing import Final
 
 from gateway.telemetry.catalog import CATALOG, Instrument
 
-__all__ = ["MEASURE", "MEASURED", "SPAN", "WireBatch", "decode_batch", "encode_batch"]
+__all__ = [
+    "MEASURE",
+    "MEASURED",
+    "SPAN",
+    "BadBatch",
+    "WireBatch",
+    "decode_batch",
+    "encode_batch",
+]
 
 SPAN: Final = 0
 MEASURE: Final = 1
@@ -54,34 +65,53 @@ class BadBatch(ValueError):
 @dataclass(frozen=True, slots=True)
 class WireBatch:
     source: str
+    sent_at: float
     active: Mapping[str, int]
     dropped: Mapping[str, int]
     records: Sequence[tuple[object, ...]]
+    restarts: Mapping[str, int]
+    gone: Sequence[str]
 
 
 def encode_batch(
     source: str,
+    sent_at: float,
     active: Mapping[str, int],
     dropped: Mapping[str, int],
     records: Sequence[tuple[object, ...]],
+    restarts: Mapping[str, int] | None = None,
+    gone: Sequence[str] = (),
 ) -> bytes:
     return marshal.dumps(
-        (WIRE_VERSION, source, dict(active), dict(dropped), list(records)), _MARSHAL_VERSION
+        (
+            WIRE_VERSION,
+            source,
+            sent_at,
+            dict(active),
+            dict(dropped),
+            list(records),
+            dict(restarts or {}),
+            list(gone),
+        ),
+        _MARSHAL_VERSION,
     )
 
 
 def decode_batch(data: bytes) -> WireBatch:
     try:
-        version, source, active, dropped, records = marshal.loads(data)  # noqa: S302 - see above
+        version, source, sent_at, active, dropped, records, restarts, gone = marshal.loads(data)  # noqa: S302 - see above
     except (EOFError, ValueError, TypeError) as e:
         raise BadBatch(f"not a record batch: {e}") from None
     if version != WIRE_VERSION:
         raise BadBatch(f"record batch version {version!r}, expected {WIRE_VERSION}")
     if not (
         isinstance(source, str)
+        and isinstance(sent_at, float)
         and isinstance(active, dict)
         and isinstance(dropped, dict)
         and isinstance(records, list)
+        and isinstance(restarts, dict)
+        and isinstance(gone, list)
     ):
         raise BadBatch("record batch has the wrong shape")
-    return WireBatch(source, active, dropped, records)
+    return WireBatch(source, sent_at, active, dropped, records, restarts, gone)

@@ -6,11 +6,17 @@ the object every span processor, the trace store and the OTLP exporters take —
 gateway's resource and instrumentation scope, and is handed to the span processors; each
 `MEASURE` record is recorded on its instrument. In-flight counts and record drops are kept
 per source and summed for `/metrics`, so N serving processes show as one gateway.
+
+Read your own writes across processes: every serving process delivers at least every 50 ms (an
+empty batch when it has nothing), each batch stamped with the moment it was cut. `settle(t)`
+waits until every live source has delivered a batch cut after `t`: then every call any of them
+finished before `t` is in the span processors.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -42,6 +48,8 @@ class TelemetryIngest:
         self._processors = processors
         self._instruments = instruments
         self._lock = threading.Lock()
+        self._heard = threading.Condition(self._lock)
+        self._cut_at: dict[str, float] = {}
         self._active: dict[str, Mapping[str, int]] = {}
         self._dropped: dict[str, Mapping[str, int]] = {}
         self._trace_states: dict[str, TraceState] = {}
@@ -98,10 +106,29 @@ class TelemetryIngest:
             self._active[source] = active
             self._dropped[source] = dropped
 
+    def delivered(self, source: str, cut_at: float) -> None:
+        """`source`'s batch cut at `cut_at` has been taken."""
+        with self._lock:
+            self._cut_at[source] = max(cut_at, self._cut_at.get(source, 0.0))
+            self._heard.notify_all()
+
+    def settle(self, since: float, timeout: float) -> bool:
+        """Wait until every live source has delivered what it recorded before `since`."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while any(cut < since for cut in self._cut_at.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._heard.wait(left)
+        return True
+
     def forget(self, source: str) -> None:
         """`source` is gone: its calls are no longer in flight; its drops stay counted."""
         with self._lock:
             self._active.pop(source, None)
+            self._cut_at.pop(source, None)
+            self._heard.notify_all()
 
     def active(self) -> dict[str, int]:
         total: Counter[str] = Counter()

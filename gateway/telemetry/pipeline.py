@@ -122,8 +122,13 @@ class Telemetry:
         return self.store
 
     def flush_traces(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        return self.local.flush(timeout) and self.store_processor.force_flush(_ms_left(deadline))
+        now = time.monotonic()
+        deadline = now + timeout
+        return (
+            self.ingest.settle(now, timeout)
+            and self.local.flush(deadline - time.monotonic())
+            and self.store_processor.force_flush(_ms_left(deadline))
+        )
 
     def force_flush(self, timeout: float) -> bool:
         """Every call recorded so far stored and exported (or failed), within `timeout` s."""
@@ -149,8 +154,9 @@ class Telemetry:
         Exporters are built before anything is switched, so a failure to build one (a bad
         certificate, say) leaves the running export untouched.
         """
-        # Calls this process recorded before the switch are exported where they were meant
-        # to go (serving processes flush theirs before they forward a change).
+        # Calls recorded before the switch, here or in a serving process, are exported where
+        # they were meant to go.
+        self.ingest.settle(time.monotonic(), _SWITCH_FLUSH_SECONDS)
         self.local.flush(_SWITCH_FLUSH_SECONDS)
         traces, metrics = settings.traces, settings.metrics
         REDACTOR.set_secrets(

@@ -1,0 +1,106 @@
+"""Call records from serving processes to the telemetry process, over its private socket.
+
+`Intake` is the telemetry process's end: `/aigw.internal.Telemetry/Deliver` takes one
+encoded batch (`call_records.encode_batch`), hands its records to the telemetry side and
+answers once they are there — so a serving process that has flushed knows its calls are in the
+span processors (read your own writes). `RecordsToTelemetry` is a serving process's end: the
+`deliver` of its `BatchWorker`. While the telemetry process is away (restarting), a delivery
+raises `DeliveryDeferred("telemetry_unavailable")`: the batch is kept and retried, and what
+the full queue drops meanwhile is counted under that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from gateway.telemetry.batch_worker import DeliveryDeferred
+from gateway.telemetry.call_records import BadBatch, decode_batch, encode_batch
+from gateway.telemetry.pipeline import Telemetry
+
+__all__ = ["DELIVER", "Intake", "RecordsToTelemetry", "socket_target"]
+
+_log = logging.getLogger(__name__)
+
+_SERVICE = "aigw.internal.Telemetry"
+DELIVER = f"/{_SERVICE}/Deliver"
+_DELIVER_TIMEOUT = 10.0
+# Records cross in batches of up to 1024 (a few hundred KiB); leave room for long content.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_BATCH_BYTES),
+    ("grpc.max_send_message_length", MAX_BATCH_BYTES),
+    # A restarted telemetry process is back within a second or two: retry soon.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
+def socket_target(path: str) -> str:
+    return f"unix:{path}"
+
+
+class Intake:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(self._deliver)  # raw bytes both ways
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, {"Deliver": handler}),)
+        )
+
+    async def _deliver(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            batch = decode_batch(data)
+        except BadBatch as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        telemetry = self._telemetry
+        if batch.records:
+            # Off the loop: the console and admin calls share it.
+            await asyncio.to_thread(telemetry.ingest.take, batch.records)
+        if batch.source:
+            telemetry.ingest.report(batch.source, batch.active, batch.dropped)
+            telemetry.ingest.delivered(batch.source, batch.sent_at)
+        for source in batch.gone:
+            telemetry.ingest.forget(source)
+        if batch.restarts:
+            telemetry.restarts = {(k,): n for k, n in batch.restarts.items()}
+        return b""
+
+
+class RecordsToTelemetry:
+    """A serving process's delivery of record batches: `source` names it in the counts."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        source: str,
+        active: Callable[[], Mapping[str, int]],
+        dropped: Callable[[], Mapping[str, int]],
+        cut_at: Callable[[], float],
+    ) -> None:
+        self._source = source
+        self._cut_at = cut_at
+        self._active = active
+        self._dropped = dropped
+        self._channel = grpc.insecure_channel(socket_target(socket_path), CHANNEL_OPTIONS)
+        self._call = self._channel.unary_unary(DELIVER)
+
+    def deliver(self, records: list[tuple[object, ...]]) -> None:
+        data = encode_batch(
+            self._source, self._cut_at(), dict(self._active()), dict(self._dropped()), records
+        )
+        try:
+            self._call(data, timeout=_DELIVER_TIMEOUT, wait_for_ready=False)
+        except grpc.RpcError as e:
+            code = e.code() if isinstance(e, grpc.Call) else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise DeliveryDeferred("telemetry_unavailable", str(code)) from None
+            raise
+
+    def close(self) -> None:
+        self._channel.close()
