@@ -194,7 +194,7 @@ def test_shutdown_drain_is_bounded(stalled):
     emit(provider, 5)
 
     def release_after_the_drain_deadline() -> None:
-        while not processor._stopping:
+        while not processor._worker.stopping:
             time.sleep(0.005)
         time.sleep(0.4)
         stalled.release.set()

@@ -7,8 +7,9 @@ batches of up to `max_batch` items to `deliver`:
 
 - `deliver` returns: the batch is done;
 - `deliver` raises `DeliveryDeferred(reason)`: the receiving side is away (the telemetry
-  process is restarting, say); the batch is kept and retried with a backoff from 50 ms to 2 s,
-  and while that lasts, drops caused by the full queue count under `reason`;
+  process is restarting, a database is down); the batch is kept and retried after a pause
+  that doubles from `retry_first` to `retry_max` (shutdown cuts a pause short), and while that
+  lasts, drops caused by the full queue count under `reason`;
 - `deliver` raises anything else: the batch is lost, counted as `failed`, the error logged
   once per distinct message.
 
@@ -41,8 +42,6 @@ __all__ = ["BatchWorker", "DeliveryDeferred"]
 _log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_RETRY_FIRST: Final = 0.05
-_RETRY_MAX: Final = 2.0
 _MAX_REMEMBERED_ERRORS: Final = 32
 
 
@@ -64,6 +63,8 @@ class BatchWorker(Generic[_T]):
         max_batch: int = 1024,
         interval: float = 0.05,
         heartbeat: bool = False,
+        retry_first: float = 0.05,
+        retry_max: float = 2.0,
     ) -> None:
         if capacity < 1 or max_batch < 1 or not interval > 0:
             raise ValueError("capacity and max_batch must be at least 1, interval positive")
@@ -73,6 +74,8 @@ class BatchWorker(Generic[_T]):
         self._max_batch = max_batch
         self._interval = interval
         self._heartbeat = heartbeat
+        self._retry_first = retry_first
+        self._retry_max = retry_max
         self.cut_at = 0.0
         self._queue: deque[_T] = deque()
         self._wake = threading.Event()
@@ -101,7 +104,25 @@ class BatchWorker(Generic[_T]):
 
     @property
     def pending(self) -> int:
+        """Items queued, not yet taken into a batch."""
         return len(self._queue)
+
+    @property
+    def accepted(self) -> int:
+        """Items taken into the queue so far (not dropped at `put`)."""
+        return self._put
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -153,6 +174,11 @@ class BatchWorker(Generic[_T]):
                 self.cut_at = time.monotonic()
                 self._deliver_one([])
             while queue:
+                if self._stopping and time.monotonic() >= self._deadline:
+                    left = len(queue)  # out of drain time: lost, and counted
+                    queue.clear()
+                    self._count_done(left, "shutdown")
+                    break
                 self.cut_at = time.monotonic()
                 take = min(len(queue), self._max_batch)
                 batch = [queue.popleft() for _ in range(take)]
@@ -161,7 +187,7 @@ class BatchWorker(Generic[_T]):
                 return
 
     def _deliver_one(self, batch: list[_T]) -> None:
-        retry_in = _RETRY_FIRST
+        retry_in = self._retry_first
         while True:
             try:
                 self._deliver(batch)
@@ -174,7 +200,7 @@ class BatchWorker(Generic[_T]):
                     time.sleep(min(retry_in, max(self._deadline - time.monotonic(), 0.0)))
                 else:
                     self._stop.wait(retry_in)
-                retry_in = min(retry_in * 2, _RETRY_MAX)
+                retry_in = min(retry_in * 2, self._retry_max)
                 continue
             except Exception as e:  # a bug in delivery must not stop the worker
                 self._log_once(e, len(batch))
