@@ -1,12 +1,13 @@
 """What the harness reads off a server and the machine: CPU time, memory, /metrics, percentiles.
 
-- `ProcStats.read(pid)`: utime+stime (all threads) from ``/proc/PID/stat``, VmRSS and VmHWM
-  from ``/proc/PID/status``.
+- `ProcStats.read(pid)`: CPU time (all threads) from ``/proc/PID/stat``, VmRSS and VmHWM
+  from ``/proc/PID/status``, summed over the process and its live descendants
+  (`process_tree`): aigw serve is a supervisor and the processes it spawns.
 - `percentile`: nearest-rank percentile of a sorted sample.
 - `parse_prometheus` / `status_counts` / `export_counters`: the few `/metrics` series the
   harness checks (gRPC status of every call the load made; what the exporters did).
 - `store_counts`: the trace store's own count of spans by event (written, dropped …).
-- `tree_cpu_seconds`: CPU time of a process and its children (a PostgreSQL cluster).
+- `tree_cpu_seconds`: `ProcStats.read(pid).cpu_seconds`, 0.0 once gone (a PostgreSQL cluster).
 - `Scraper`: GET `/metrics` every second on its own thread, as a Prometheus server would.
 - `machine_info` / `package_versions`: the header of BENCHMARKS.md.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "package_versions",
     "parse_prometheus",
     "percentile",
+    "process_tree",
     "source_state",
     "status_counts",
     "store_counts",
@@ -60,29 +62,86 @@ PACKAGES = (
 )
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (which may hold spaces and
+    parentheses), so field N of proc(5) is at index N - 3."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _cpu_ticks(fields: Sequence[str]) -> int:
+    # utime stime cutime cstime: cutime/cstime are the children that exited and were waited
+    # for, so a member of a tree that ended keeps counting in its parent.
+    return sum(int(x) for x in fields[11:15])
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its live descendants (by the ppid of ``/proc/PID/stat``), root first.
+
+    Raises OSError when `root` is gone. A process reparented to init (its parent died before
+    it) is no longer found: the trees measured here (aigw's supervisor and the children it
+    spawns, a postmaster and its backends) keep their children for their whole life."""
+    _stat_fields(root)  # OSError now, rather than an empty tree later
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(int(entry.name))[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, pending = [root], [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            tree.append(child)
+            pending.append(child)
+    return tree
+
+
 @dataclass(frozen=True)
 class ProcStats:
-    """One reading of a process: CPU seconds so far (user + system) and memory in bytes."""
+    """One reading of a process tree: CPU seconds so far and memory in bytes, each summed over
+    the root and its live descendants (for aigw: the supervisor, the telemetry process, the
+    serving processes and multiprocessing's resource tracker; a bare server is a tree of one).
+
+    CPU is utime+stime+cutime+cstime of every member (all threads): a child that exits and is
+    waited for (multiprocessing reaps the children it restarts) moves its CPU into its
+    parent's cutime, so the sum stays continuous across a restart, except for the moments
+    between a child's exit and its reaping and for a child orphaned before its parent; the
+    harness takes differences of readings around each run, which holds as long as the tree
+    keeps the same members through the run. RSS and HWM are sums of VmRSS and VmHWM: pages
+    shared between members (shared libraries) count once per member, and the members' peaks
+    need not have coincided, so the HWM sum is an upper bound of the tree's peak."""
 
     cpu_seconds: float
     rss_bytes: int
     hwm_bytes: int
+    processes: int = 1
 
     @classmethod
     def read(cls, pid: int) -> ProcStats:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            stat = f.read()
-        # Fields after the command name (which may hold spaces and parentheses).
-        fields = stat[stat.rindex(")") + 2 :].split()
-        utime, stime = int(fields[11]), int(fields[12])
-        rss = hwm = 0
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
+        """The tree rooted at `pid`; OSError when `pid` is gone (members that end while they
+        are read are left out)."""
+        ticks = rss = hwm = members = 0
+        for member in process_tree(pid):
+            try:
+                fields = _stat_fields(member)
+                with open(f"/proc/{member}/status", encoding="ascii") as f:
+                    status = f.read()
+            except OSError:
+                if member == pid:
+                    raise
+                continue
+            members += 1
+            ticks += _cpu_ticks(fields)
+            for line in status.splitlines():
                 if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
+                    rss += int(line.split()[1]) * 1024
                 elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1]) * 1024
-        return cls((utime + stime) / _CLK_TCK, rss, hwm)
+                    hwm += int(line.split()[1]) * 1024
+        return cls(ticks / _CLK_TCK, rss, hwm, members)
 
 
 def cpu_times() -> tuple[int, int]:
@@ -181,30 +240,12 @@ def store_counts(text: str) -> dict[str, int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of `pid`, its reaped children and its live children: a
-    PostgreSQL postmaster and its backends. 0.0 when the process is gone."""
-
-    def fields(stat: str) -> list[str]:
-        return stat[stat.rindex(")") + 2 :].split()
-
+    """CPU seconds of the tree rooted at `pid` (see `ProcStats`): a PostgreSQL postmaster and
+    its backends. 0.0 when the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            own = fields(f.read())
+        return ProcStats.read(pid).cpu_seconds
     except OSError:
         return 0.0
-    # utime stime cutime cstime (cutime/cstime: children that exited and were waited for).
-    ticks = sum(int(x) for x in own[11:15])
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or entry.name == str(pid):
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="ascii") as f:
-                child = fields(f.read())
-        except OSError:
-            continue
-        if child[1] == str(pid):
-            ticks += int(child[11]) + int(child[12])
-    return ticks / _CLK_TCK
 
 
 class Scraper:

@@ -217,6 +217,23 @@ def targets(bench: BenchRun, settings: Settings) -> list[Target]:
     return rows
 
 
+def _unjudged(bench: BenchRun) -> list[str]:
+    """A line for the scenarios with more than one serving process: no target judges them."""
+    several = [r for r in bench.results.values() if r.workers is not None and r.workers > 1]
+    if not several:
+        return []
+    names = ", ".join(f"{r.name} (`--workers {r.workers}`)" for r in several)
+    cores = bench.machine.get("cores", "?")
+    return [
+        "",
+        *_paragraph(
+            f"No target for {names}: this machine has {cores} cores, shared by the serving "
+            "processes, the telemetry process, the load generator and the other servers, so "
+            "more serving processes are shown beside full for what they are, not judged."
+        ),
+    ][:-1]
+
+
 def _ms0(x: float) -> str:
     return "∞" if math.isinf(x) else f"{x:,.0f}"
 
@@ -314,6 +331,14 @@ def _ms(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:.2f}"
 
 
+def _times(mine: float, theirs: float) -> str:
+    """`mine / theirs` to 2 places; "–" when there is nothing to divide by (a tiny run can
+    count 0 CPU ticks, a server that answered nothing has no CPU per request)."""
+    if not theirs or math.isnan(theirs) or math.isnan(mine):
+        return "–"
+    return f"{mine / theirs:.2f}"
+
+
 def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
     header = list(header)
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -368,6 +393,7 @@ def render(bench: BenchRun, settings: Settings, previous: str | None = None) -> 
             for t in targets(bench, settings)
         ),
     )
+    lines += _unjudged(bench)
     lines += ["", "## Machine and software", ""]
     lines += _table(["", ""], ([k, v] for k, v in m.items()))
     lines += [""]
@@ -498,11 +524,11 @@ def _fleet_scenario(
             compare.append(
                 [
                     load,
-                    f"{f.throughput / u.throughput:.2f}",
+                    _times(f.throughput, u.throughput),
                     f"{f.p50_ms - u.p50_ms:+.2f}",
-                    f"{f.p99_ms / u.p99_ms:.2f}",
-                    f"{f.cpu_per_1k / u.cpu_per_1k:.2f}",
-                    f"{total / u.cpu_per_1k:.2f}",
+                    _times(f.p99_ms, u.p99_ms),
+                    _times(f.cpu_per_1k, u.cpu_per_1k),
+                    _times(total, u.cpu_per_1k),
                 ]
             )
         if compare:
@@ -675,8 +701,12 @@ def _method(bench: BenchRun, settings: Settings) -> list[str]:
         "over all servers. Throughput is the median over rounds (min–max shown); p50/p99 are "
         "over the pooled per-request samples of all rounds; CPU is the server's utime+stime "
         "(all threads, /proc/PID/stat) across the runs divided by requests answered; peak RSS "
-        "is VmHWM from /proc/PID/status at the end. Load generators, the harness and the OTLP "
-        "sink are not counted in CPU or RSS, but they share the machine's cores."
+        "is VmHWM from /proc/PID/status at the end. For aigw, both are summed over its process "
+        "tree: the `aigw serve` supervisor and its children (the telemetry process, the serving "
+        "processes and multiprocessing's resource tracker), read before and after each run, "
+        "so RSS counts shared library pages once per process and peak RSS is the sum of each "
+        "process's own peak. Load generators, the harness and the OTLP sink are not counted in "
+        "CPU or RSS, but they share the machine's cores."
     )
     lines += _paragraph(
         "gRPC status: before every run, 3 Python-client calls must be OK with the expected "
@@ -753,9 +783,10 @@ def _scenario_table(result: ScenarioResult) -> list[str]:
     )
     rounds = ", ".join(f"{x / MIB:.1f}" for x in result.rss_after_round)
     warm = next((x for label, x in result.rss_timeline if label == "after warm-up"), 0)
+    over = f", summed over {result.processes} processes" if result.processes > 1 else ""
     lines += [
         "",
-        f"Peak RSS (VmHWM) {result.peak_rss / MIB:.1f} MiB; VmRSS after warm-up "
+        f"Peak RSS (VmHWM{over}) {result.peak_rss / MIB:.1f} MiB; VmRSS after warm-up "
         f"{warm / MIB:.1f} MiB, at the end of each round {rounds} MiB.",
     ]
     if result.scrapes:
@@ -784,11 +815,11 @@ def _ratios(bench: BenchRun) -> list[str]:
                 [
                     result.name,
                     load,
-                    f"{mine.throughput / theirs.throughput:.2f}",
+                    _times(mine.throughput, theirs.throughput),
                     f"{mine.p50_ms - theirs.p50_ms:+.2f}",
-                    f"{mine.p99_ms / theirs.p99_ms:.2f}",
-                    f"{mine.cpu_per_1k / theirs.cpu_per_1k:.2f}",
-                    f"{result.peak_rss / base.peak_rss:.2f}" if base.peak_rss else "–",
+                    _times(mine.p99_ms, theirs.p99_ms),
+                    _times(mine.cpu_per_1k, theirs.cpu_per_1k),
+                    _times(result.peak_rss, base.peak_rss),
                 ]
             )
     return _table(
@@ -822,15 +853,19 @@ def _alt_comparison(bench: BenchRun) -> list[str]:
                 for r in alt.runs
                 if r.load == load and by_round.get(r.round)
             )
+            pairs = "–"
+            if paired:
+                pairs = f"{statistics.median(paired):.3f} ({paired[0]:.2f}–{paired[-1]:.2f})"
             rows.append(
                 [
                     main.name,
                     load,
                     f"{m.throughput:,.0f} → {a.throughput:,.0f}",
-                    f"{statistics.median(paired):.3f} ({paired[0]:.2f}–{paired[-1]:.2f})",
+                    pairs,
                     f"{m.p50_ms:.2f} → {a.p50_ms:.2f}",
                     f"{m.p99_ms:.2f} → {a.p99_ms:.2f}",
-                    f"{m.cpu_per_1k:.3f} → {a.cpu_per_1k:.3f} ({a.cpu_per_1k / m.cpu_per_1k:.2f})",
+                    f"{m.cpu_per_1k:.3f} → {a.cpu_per_1k:.3f} "
+                    f"({_times(a.cpu_per_1k, m.cpu_per_1k)})",
                 ]
             )
         if main.peak_rss:

@@ -123,12 +123,17 @@ class ScenarioResult:
     pid: int
     runs: list[Run] = field(default_factory=list)
     streams: list[LoadResult] = field(default_factory=list)
-    # (when, VmRSS bytes): after warm-up, then after every measured run.
+    # (when, VmRSS bytes summed over the process tree): after warm-up, then after every run.
     rss_timeline: list[tuple[str, int]] = field(default_factory=list)
     rss_after_round: list[int] = field(default_factory=list)
     peak_rss: int = 0
     export: dict[str, int] = field(default_factory=dict)
     scrapes: int = 0
+    # The processes CPU and memory were summed over, at the end (aigw: supervisor, telemetry,
+    # serving processes, multiprocessing's resource tracker).
+    processes: int = 1
+    # aigw serve --workers, when the scenario set it (None: the gateway's default).
+    workers: int | None = None
 
     def loads(self) -> list[str]:
         return list(dict.fromkeys(r.load for r in self.runs))
@@ -145,7 +150,7 @@ class ScenarioResult:
         return sum(sum(s.errors.values()) for s in self.streams)
 
     def rss_growth(self) -> int | None:
-        """VmRSS at the end of the run minus at the end of the first round."""
+        """VmRSS (of the process tree) at the end of the run minus at the end of round 1."""
         if len(self.rss_after_round) < 2:
             return None
         return self.rss_after_round[-1] - self.rss_after_round[0]

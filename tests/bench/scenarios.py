@@ -9,6 +9,11 @@
     fleet      as full, trace store and OTEL config in PostgreSQL (`[store]`, fleet mode): a
                PostgreSQL cluster started by the bench, one database; then, in the same run,
                the store micro-benchmark and config convergence of `tests/bench/fleet.py`
+    full-w2    as full, two serving processes (`aigw serve --workers 2`); no target: shown
+               beside full (one serving process), not judged
+
+aigw serve is a supervisor, one telemetry process and N serving processes: an aigw server's
+CPU and memory are summed over that process tree (`ProcStats`).
 
 Every server runs at once, each in its own process on 127.0.0.1. After a warm-up, each round
 runs every load (concurrency 1, 16, 64; then 300 calls/s) against every server in turn, the
@@ -56,6 +61,7 @@ from tests.bench.servers import (
     SinkProcess,
     StoreEnv,
     configure_export,
+    serve_options,
     start_aigw,
     start_baseline,
     start_sink,
@@ -74,6 +80,13 @@ class Scenario:
     scrape: bool = False
     # Fleet mode: OTEL config and trace store in a PostgreSQL database of its own.
     store: bool = False
+    # `aigw serve --workers N`; None passes no --workers at all (the gateway's default, and
+    # the only choice for an alternative tree whose CLI predates the option).
+    workers: int | None = None
+
+    @property
+    def serve_args(self) -> tuple[str, ...]:
+        return ("--workers", str(self.workers)) if self.workers is not None else ()
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -87,6 +100,13 @@ SCENARIOS: dict[str, Scenario] = {
             "+ /metrics scraped every 1 s",
             traces="live_traces",
             scrape=True,
+        ),
+        Scenario(
+            "full-w2",
+            "as full, two serving processes (`--workers 2`)",
+            traces="live_traces",
+            scrape=True,
+            workers=2,
         ),
         Scenario(
             "refused",
@@ -144,8 +164,23 @@ class Settings:
     def servers(self) -> list[str]:
         names = list(self.scenarios)
         if self.alt_tree is not None:
-            names += [f"{n}{ALT}" for n in self.scenarios if SCENARIOS[n].aigw]
+            names += [f"{n}{ALT}" for n in self.alt_scenarios()[0]]
         return names
+
+    def alt_scenarios(self) -> tuple[list[str], list[str]]:
+        """(aigw scenarios the alternative tree runs too, those its CLI cannot run): an older
+        tree without `--workers` still runs the others."""
+        if self.alt_tree is None:
+            return [], []
+        accepted = serve_options(self.alt_tree)
+        runs, skipped = [], []
+        for name in self.scenarios:
+            scenario = SCENARIOS[name]
+            if not scenario.aigw:
+                continue
+            options = [a for a in scenario.serve_args if a.startswith("--")]
+            (runs if all(o in accepted for o in options) else skipped).append(name)
+        return runs, skipped
 
     def loads(self) -> list[tuple[str, int | None, float | None]]:
         loads: list[tuple[str, int | None, float | None]] = [
@@ -174,7 +209,8 @@ def _start_fleet_aigw(
     cluster = BenchPostgres()
     clusters[name] = cluster  # stopped with the others, even if the gateway fails to start
     store = StoreEnv(cluster.create_database("bench"), new_key())
-    return start_aigw(name, workdir, delay, tree=tree, store=store)
+    serve_args = scenario_of(name).serve_args
+    return start_aigw(name, workdir, delay, tree=tree, store=store, serve_args=serve_args)
 
 
 @contextlib.contextmanager
@@ -202,7 +238,14 @@ def _servers(settings: Settings, workdir: Path) -> Iterator[Running]:
                         _start_fleet_aigw, name, workdir, delay, tree, clusters
                     )
                     continue
-                futures[name] = pool.submit(start_aigw, name, workdir, delay, tree=tree)
+                futures[name] = pool.submit(
+                    start_aigw,
+                    name,
+                    workdir,
+                    delay,
+                    tree=tree,
+                    serve_args=scenario_of(name).serve_args,
+                )
             errors: list[BaseException] = []
             for name, future in futures.items():
                 try:
@@ -339,6 +382,12 @@ def run_bench(settings: Settings) -> BenchRun:
             tool=loader.tool,
             started=started,
         )
+        skipped = settings.alt_scenarios()[1]
+        if skipped:
+            _log(
+                f"not running {', '.join(skipped)} from {settings.alt_tree}: its aigw serve "
+                "lacks an option they need"
+            )
         _log(f"starting {', '.join(settings.servers())} (closed-loop load: {loader.tool})")
         running = stack.enter_context(_servers(settings, workdir))
         servers, sink = running.servers, running.sink
@@ -356,7 +405,11 @@ def run_bench(settings: Settings) -> BenchRun:
             if name.endswith(ALT):
                 title += f"; gateway code from {settings.alt_tree}"
             bench.results[name] = ScenarioResult(
-                name=name, title=title, command=server.command, pid=server.pid
+                name=name,
+                title=title,
+                command=server.command,
+                pid=server.pid,
+                workers=scenario.workers,
             )
         if sink is not None:
             bench.commands["otlp sink"] = "python -m tests.bench.otlp_sink"
@@ -410,7 +463,9 @@ def run_bench(settings: Settings) -> BenchRun:
         bench.steal = _share(steal_start, cpu_times())
         for name, server in servers.items():
             result = bench.results[name]
-            result.peak_rss = server.stats().hwm_bytes
+            final = server.stats()
+            result.peak_rss = final.hwm_bytes
+            result.processes = final.processes
             result.scrapes = sum(r.scrapes for r in result.runs)
             if server.metrics_port:
                 result.export = export_counters(fetch_metrics(server.metrics_port))
@@ -445,7 +500,8 @@ def run_bench(settings: Settings) -> BenchRun:
 def parse_args(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="aigw benchmarks: baseline vs aigw with minimal and full telemetry, "
+        description="aigw benchmarks: baseline vs aigw with minimal and full telemetry "
+        "(one and two serving processes), "
         "and in fleet mode (PostgreSQL).",
     )
 

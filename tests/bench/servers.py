@@ -3,7 +3,9 @@
 - `start_baseline`: `python -m tests.bench.baseline_server` (bare grpc.aio, fixed answer).
 - `start_aigw`: `aigw serve` with its own config file and fresh state dir, ports picked by the
   OS (read back from its start-up log line), OTEL_* variables scrubbed so export starts off;
-  with `store=`, fleet mode: a `[store]` section and the database URL and key in its env.
+  with `store=`, fleet mode: a `[store]` section and the database URL and key in its env;
+  `serve_args=` adds options (`--workers 2`). `serve_options`: what a tree's CLI accepts.
+- `ServerProcess.stats`: CPU and memory summed over the server's process tree (`ProcStats`).
 - `start_sink`: `python -m tests.bench.otlp_sink` (live, black-holed and refusing endpoints).
 - `configure_export`: `aigw.v1.AdminService/SetOtelConfig`, as an operator would at runtime.
 - `ServerProcess.check`: a few Complete calls with a Python gRPC client, each must be OK and
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -19,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ __all__ = [
     "SinkProcess",
     "StoreEnv",
     "configure_export",
+    "serve_options",
     "start_aigw",
     "start_baseline",
     "start_sink",
@@ -96,6 +100,8 @@ class ServerProcess:
         return self.metrics_port is not None
 
     def stats(self) -> ProcStats:
+        """CPU and memory of the server's whole process tree: aigw serve is a supervisor whose
+        children (telemetry and serving processes) do the work."""
         return ProcStats.read(self.pid)
 
     @property
@@ -212,11 +218,14 @@ def start_aigw(
     *,
     tree: Path | None = None,
     store: StoreEnv | None = None,
+    serve_args: Sequence[str] = (),
 ) -> ServerProcess:
     """`aigw serve` from this checkout, or with the gateway code of another `tree` (a copy of
     the repository with a change to measure: its `gateway/` and `admin/` come first on the
     path, the installed dependencies stay the same). With `store`, in fleet mode: OTEL config
-    and trace store in that PostgreSQL database (heartbeat and the rest at their defaults)."""
+    and trace store in that PostgreSQL database (heartbeat and the rest at their defaults).
+    `serve_args` go after the others (`--workers 2`): only what the scenario asks for, since
+    an older `tree` may not know an option (see `serve_options`)."""
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
     config = home / "aigw.toml"
@@ -226,7 +235,7 @@ def start_aigw(
     cmd = [sys.executable, "-m", "gateway"] if tree is not None else aigw_command()
     cmd += ["serve", "--config", str(config)]
     cmd += ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
-    cmd += ["--state-dir", str(home / "state"), "--log-level", "INFO"]
+    cmd += ["--state-dir", str(home / "state"), "--log-level", "INFO", *serve_args]
     env = _env(tree or REPO) | (store.env() if store is not None else {})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -240,6 +249,26 @@ def start_aigw(
     ports = _wait_for(log, proc, ready)
     assert isinstance(ports, tuple)
     return ServerProcess(name, proc, ports[0], ports[1], log, cmd)
+
+
+@functools.cache
+def serve_options(tree: Path | None = None) -> frozenset[str]:
+    """The long options `aigw serve --help` lists, run as `start_aigw` would run it with this
+    `tree` (an alternative tree may be a commit from before an option existed)."""
+    cmd = [sys.executable, "-m", "gateway"] if tree is not None else aigw_command()
+    try:
+        out = subprocess.run(
+            [*cmd, "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=_env(tree or REPO),
+            cwd=tree or REPO,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out))
 
 
 # --- OTLP -----------------------------------------------------------------------------------
