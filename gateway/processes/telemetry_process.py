@@ -4,12 +4,6 @@ It owns the trace store, the OTLP exporters, the metrics (`/metrics` and the con
 side-port), the OTEL config and the replica heartbeat, and serves two things on a unix socket
 in a directory only this gateway's user can enter: the record intake (`intake.py`) and the
 AdminService that serving processes forward to (`admin_forward.py`).
-
-It runs at a lower CPU priority (nice +10): its work is batches that can wait, a request cannot.
-When the serving processes need every core, the telemetry process falls behind by a queue's
-worth (and works through bigger batches, which costs less per span: measured 850 → 390 µs of
-CPU per request at concurrency 16), then catches up; only a sustained overload that fills the
-queues drops records, and those drops are counted.
 """
 
 from __future__ import annotations
@@ -31,9 +25,7 @@ from gateway.processes.child import prepare_child, report_failure
 from gateway.processes.intake import CHANNEL_OPTIONS, Intake, socket_target
 from gateway.server import FLUSH_SECONDS, ControlPlane
 
-__all__ = ["TELEMETRY_NICE", "telemetry_main"]
-
-TELEMETRY_NICE = 10
+__all__ = ["telemetry_main"]
 
 
 def telemetry_main(
@@ -48,8 +40,6 @@ def telemetry_main(
     """Process entry point. `metrics_port`: the side-port's port of the first start (a
     restarted telemetry process answers where the dead one did)."""
     prepare_child(log_level, supervisor_pid)
-    with contextlib.suppress(OSError):  # not allowed (a container's limits): run as it is
-        os.nice(TELEMETRY_NICE)
     if metrics_port is not None:
         host = parse_listen_address(config.server.metrics_listen)[0]
         server = dataclasses.replace(config.server, metrics_listen=f"{host}:{metrics_port}")

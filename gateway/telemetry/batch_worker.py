@@ -92,15 +92,21 @@ class BatchWorker(Generic[_T]):
 
     # --- the request path ----------------------------------------------------------------
 
-    def put(self, item: _T) -> None:
+    def put(self, item: _T) -> bool:
+        """Queue `item`; False when it was dropped (and counted)."""
         queue = self._queue
         if len(queue) >= self._capacity or self._stopping:
             self.dropped["shutdown" if self._stopping else self._full_reason] += 1
-            return
+            return False
         queue.append(item)
         self._put += 1
         if len(queue) == self._max_batch:
             self._wake.set()
+        return True
+
+    def wake(self) -> None:
+        """Run the worker now rather than at its next interval."""
+        self._wake.set()
 
     @property
     def pending(self) -> int:
@@ -111,6 +117,12 @@ class BatchWorker(Generic[_T]):
     def accepted(self) -> int:
         """Items taken into the queue so far (not dropped at `put`)."""
         return self._put
+
+    @property
+    def done(self) -> int:
+        """Accepted items finished (delivered, failed or dropped at shutdown), in queue order:
+        during a delivery, the position of the batch's first item."""
+        return self._done
 
     @property
     def stopping(self) -> bool:

@@ -10,7 +10,8 @@ counts its drops nor honours a flush timeout. This processor:
   ends while export is off was never going to be exported and is not counted (a gateway that
   never enabled export shows 0 dropped); a span queued for export that is then left with no
   exporter to take it counts `export_disabled`;
-- exports batches from one worker thread; `swap()` replaces the exporter at once (a reference
+- exports batches from one worker thread (the gateway's one `BatchWorker`: queue, size/time
+  flush, drain deadline); `swap()` replaces the exporter at once (a reference
   assignment) and the worker shuts the old one down only after its in-flight batch is done, so a
   batch is never cut off mid-request and sent again;
 - re-sends through the new exporter a batch that failed on an exporter retired during the
@@ -24,13 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from gateway.telemetry.batch_worker import BatchWorker
 from gateway.telemetry.export_outcome import ExportOutcome, reported_outcome
 from gateway.telemetry.export_stats import ExportStats
 
@@ -51,40 +52,43 @@ class SpanExportProcessor(SpanProcessor):
         self._stats = stats
         if not stats.signal:
             stats.signal = "traces"
-        self._max_queue = max_queue_size
-        self._max_batch = max_batch_size
-        self._delay = schedule_delay
-        self._queue: deque[ReadableSpan] = deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._exporter: SpanExporter | None = None
-        # Export was switched off: what was queued before still goes here, then it retires.
+        # Export was switched off: the spans queued before (up to `_drain_until`, a position
+        # in the queue's order) still go here, then it retires.
         self._draining: SpanExporter | None = None
+        self._drain_until = 0
         self._retired: list[SpanExporter] = []
-        self._enqueued = 0
-        self._handled = 0
-        self._flush_waiters = 0
-        self._shutdown = False
-        self._thread = threading.Thread(target=self._run, name="aigw-span-export", daemon=True)
-        self._thread.start()
+        # Heartbeats: an exporter retired while nothing is queued is still shut down soon.
+        self._worker: BatchWorker[ReadableSpan] = BatchWorker(
+            "aigw-span-export",
+            self._export_batch,
+            capacity=max_queue_size,
+            max_batch=max_batch_size,
+            interval=schedule_delay,
+            heartbeat=True,
+        )
+        self._worker.start()
 
     def swap(self, exporter: SpanExporter | None) -> None:
         """Point export at `exporter` (None: off). Instant; the old one retires in the worker."""
         if exporter is not None:
             self._stats.exporter_changed()
-        with self._cond:
+        with self._lock:
             old, self._exporter = self._exporter, exporter
             if exporter is not None and self._draining is not None:
                 # Back on before the drain finished: the new exporter takes what is queued.
                 self._retired.append(self._draining)
                 self._draining = None
             if old is not None:
-                if exporter is None and self._queue:
+                if exporter is None and self._worker.done < self._worker.accepted:
                     if self._draining is not None:
                         self._retired.append(self._draining)
                     self._draining = old
+                    self._drain_until = self._worker.accepted
                 else:
                     self._retired.append(old)
-            self._cond.notify_all()
+        self._worker.wake()
 
     # --- SpanProcessor --------------------------------------------------------------------------
 
@@ -93,96 +97,50 @@ class SpanExportProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._exporter is None:
-            return  # export is off: not a loss (checked again below, under the lock)
-        if self._shutdown:
+            return  # export is off: not a loss
+        if self._worker.stopping:
             self._stats.drop("shutdown")
-            return
-        with self._cond:
-            if self._exporter is None:
-                return
-            if len(self._queue) >= self._max_queue:
-                full = True
-            else:
-                full = False
-                self._queue.append(span)
-                self._enqueued += 1
-                if len(self._queue) >= self._max_batch:
-                    self._cond.notify_all()
-        if full:
+        elif not self._worker.put(span):
             self._stats.drop("queue_full")
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        deadline = time.monotonic() + timeout_millis / 1000
-        with self._cond:
-            target = self._enqueued
-            self._flush_waiters += 1
-            self._cond.notify_all()
-            try:
-                while self._handled < target:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
-                        return False
-                    self._cond.wait(left)
-            finally:
-                self._flush_waiters -= 1
-        return True
+        return self._worker.flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_millis: int = 30_000) -> None:
         """Export what is queued (bounded by the timeout), then stop; safe twice."""
-        if self._shutdown:
+        if self._worker.stopping:
             return
-        self.force_flush(timeout_millis)
-        with self._cond:
-            self._shutdown = True
-            self._cond.notify_all()
-        self._thread.join(max(timeout_millis / 1000, 0.1))
-        with self._cond:
-            leftover = len(self._queue)
-            self._queue.clear()
+        self._worker.shutdown(time.monotonic() + timeout_millis / 1000)
+        leftover = self._worker.dropped["shutdown"]
+        if leftover:
+            self._stats.drop("shutdown", leftover)
+        with self._lock:
             exporters = [e for e in (self._exporter, self._draining, *self._retired) if e]
             self._exporter = self._draining = None
             self._retired = []
-        if leftover:
-            self._stats.drop("shutdown", leftover)
         for exporter in exporters:
             _shutdown_quietly(exporter)
 
     # --- worker ---------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._ready():
-                    self._cond.wait(self._delay)
-                if self._shutdown and not self._queue:
-                    return
-                retired, self._retired = self._retired, []
-                batch = [
-                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
-                ]
-                target = self._exporter or self._draining
-                if not self._queue and self._draining is not None and self._exporter is None:
+    def _export_batch(self, batch: list[ReadableSpan]) -> None:
+        first = self._worker.done  # this batch's position in the queue's order
+        with self._lock:
+            retired, self._retired = self._retired, []
+            target = self._exporter
+            if target is None and self._draining is not None:
+                target = self._draining
+                if first + len(batch) >= self._drain_until:
                     # This batch is the last of what was queued before export was switched off.
                     retired.append(self._draining)
                     self._draining = None
-            for exporter in retired:
-                if exporter is not target:
-                    _shutdown_quietly(exporter)
-            if batch:
-                self._export(batch, target)
-                with self._cond:
-                    self._handled += len(batch)
-                    self._cond.notify_all()
-            if target is not None and target in retired:
-                _shutdown_quietly(target)
-
-    def _ready(self) -> bool:
-        return (
-            self._shutdown
-            or len(self._queue) >= self._max_batch
-            or (self._flush_waiters > 0 and bool(self._queue))
-            or bool(self._retired)
-        )
+        for exporter in retired:
+            if exporter is not target:
+                _shutdown_quietly(exporter)
+        if batch:
+            self._export(batch, target)
+        if target is not None and target in retired:
+            _shutdown_quietly(target)
 
     def _export(self, batch: Sequence[ReadableSpan], exporter: SpanExporter | None) -> None:
         if exporter is None:
