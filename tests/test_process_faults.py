@@ -245,8 +245,15 @@ async def test_garbage_on_both_ports_does_not_disturb_other_clients(tmp_path: Pa
             finally:
                 idle.close()
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
-        assert b"rpc_server_call_duration_seconds_count" in body
+        # Calls reach the telemetry process's counters in batches (every 50 ms).
+        async with asyncio.timeout(5):
+            while True:
+                body = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(url, timeout=5).read()
+                )
+                if b"rpc_server_call_duration_seconds_count" in body:
+                    break
+                await asyncio.sleep(0.05)
         assert proc.returncode is None
     finally:
         await stop_process(proc)
