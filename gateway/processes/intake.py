@@ -2,31 +2,38 @@
 
 `Intake` is the telemetry process's end: `/aigw.internal.Telemetry/Deliver` takes one
 encoded batch (`call_records.encode_batch`), hands its records to the telemetry side and
-answers once they are there — so a serving process that has flushed knows its calls are in the
-span processors (read your own writes). `RecordsToTelemetry` is a serving process's end: the
-`deliver` of its `BatchWorker`. While the telemetry process is away (restarting), a delivery
-raises `DeliveryDeferred("telemetry_unavailable")`: the batch is kept and retried, and what
-the full queue drops meanwhile is counted under that reason.
+answers once they are there. `/aigw.internal.Telemetry/Follow` is a stream each serving
+process keeps open (`DeliveryRequests`): the telemetry process sends on it when it needs every
+call recorded so far, before a trace query or an export switch (`TelemetryIngest.settle`), and
+the serving process delivers at once. Nothing crosses while all is idle.
+
+`RecordsToTelemetry` is a serving process's end: the `deliver` of its `BatchWorker`. While
+the telemetry process is away (restarting), a delivery raises
+`DeliveryDeferred("telemetry_unavailable")`: the batch is kept and retried, and what the full
+queue drops meanwhile is counted under that reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 
-from gateway.telemetry.batch_worker import DeliveryDeferred
+from gateway.telemetry.batch_worker import BatchWorker, DeliveryDeferred
 from gateway.telemetry.call_records import BadBatch, decode_batch, encode_batch
 from gateway.telemetry.pipeline import Telemetry
 
-__all__ = ["DELIVER", "Intake", "RecordsToTelemetry", "socket_target"]
+__all__ = ["DELIVER", "DeliveryRequests", "Intake", "RecordsToTelemetry", "socket_target"]
 
 _log = logging.getLogger(__name__)
 
 _SERVICE = "aigw.internal.Telemetry"
 DELIVER = f"/{_SERVICE}/Deliver"
+FOLLOW = f"/{_SERVICE}/Follow"
+_FOLLOW_AGAIN_SECONDS = 0.2
 _DELIVER_TIMEOUT = 10.0
 # Records cross in batches of up to 1024 (a few hundred KiB); leave room for long content.
 MAX_BATCH_BYTES = 64 * 1024 * 1024
@@ -46,12 +53,42 @@ def socket_target(path: str) -> str:
 class Intake:
     def __init__(self, telemetry: Telemetry) -> None:
         self._telemetry = telemetry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._followers: dict[str, asyncio.Event] = {}
+        telemetry.ingest.set_delivery_request(self._ask_to_deliver)
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        handler = grpc.unary_unary_rpc_method_handler(self._deliver)  # raw bytes both ways
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(_SERVICE, {"Deliver": handler}),)
-        )
+        handlers = {  # raw bytes both ways
+            "Deliver": grpc.unary_unary_rpc_method_handler(self._deliver),
+            "Follow": grpc.unary_stream_rpc_method_handler(self._follow),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+
+    def _ask_to_deliver(self) -> None:
+        """From any thread: every follower delivers what it holds, now."""
+        loop = self._loop
+        if loop is None:
+            return
+        for asked in list(self._followers.values()):
+            loop.call_soon_threadsafe(asked.set)
+
+    async def _follow(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        source = request.decode(errors="replace")
+        self._loop = asyncio.get_running_loop()
+        asked = asyncio.Event()
+        self._followers[source] = asked
+        self._telemetry.ingest.follow(source)
+        try:
+            while True:
+                await asked.wait()
+                asked.clear()
+                yield b""
+        finally:
+            if self._followers.get(source) is asked:
+                del self._followers[source]
+                self._telemetry.ingest.unfollow(source)
 
     async def _deliver(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -104,3 +141,39 @@ class RecordsToTelemetry:
 
     def close(self) -> None:
         self._channel.close()
+
+
+class DeliveryRequests:
+    """A serving process's end of Follow: each request from the telemetry process wakes
+    `records` (a `BatchWorker`), which then delivers at once. Followed again whenever the
+    telemetry process comes back."""
+
+    def __init__(
+        self, socket_path: str, source: str, records: BatchWorker[tuple[object, ...]]
+    ) -> None:
+        self._socket_path = socket_path
+        self._source = source
+        self._records = records
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async with grpc.aio.insecure_channel(
+            socket_target(self._socket_path), CHANNEL_OPTIONS
+        ) as channel:
+            follow = channel.unary_stream(FOLLOW)
+            while True:
+                try:
+                    async for _ in follow(self._source.encode()):
+                        self._records.wake()
+                except grpc.aio.AioRpcError:
+                    pass  # the telemetry process is away: follow it again when it is back
+                await asyncio.sleep(_FOLLOW_AGAIN_SECONDS)
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

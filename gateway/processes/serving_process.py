@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from gateway.config import GatewayConfig
 from gateway.processes.admin_forward import AdminForwarder
 from gateway.processes.child import prepare_child, report_failure
-from gateway.processes.intake import RecordsToTelemetry
+from gateway.processes.intake import DeliveryRequests, RecordsToTelemetry
 from gateway.server import FLUSH_SECONDS, ServingPlane
 from gateway.telemetry.batch_worker import BatchWorker
 from gateway.telemetry.recorder import CallRecorder
@@ -53,27 +53,28 @@ async def _run(
 ) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    source = source_name(index, os.getpid())
     remote = RecordsToTelemetry(
         socket_path,
-        source_name(index, os.getpid()),
+        source,
         active=lambda: recorder.metrics.active,
         dropped=lambda: records.dropped,
         cut_at=lambda: records.cut_at,
     )
-    # Heartbeats: the telemetry process hears from us every 50 ms (see TelemetryIngest.settle).
-    records: BatchWorker[tuple[object, ...]] = BatchWorker(
-        f"aigw-records-{index}", remote.deliver, heartbeat=True
-    )
+    records: BatchWorker[tuple[object, ...]] = BatchWorker(f"aigw-records-{index}", remote.deliver)
+    requests = DeliveryRequests(socket_path, source, records)
     recorder = CallRecorder(config.telemetry, records.put)
     forwarder = AdminForwarder(socket_path)
     serving = ServingPlane(config, os.environ, recorder, forwarder.add_to)
     records.start()
+    requests.start()
     try:
         await serving.start(reuse_port=True, port=port)
         conn.send(("ready", {"port": serving.port}))
         await stop.wait()
     finally:
         await serving.stop(config.server.grace_period_seconds)
+        await requests.shutdown()
         await asyncio.to_thread(records.shutdown, time.monotonic() + FLUSH_SECONDS)
         await forwarder.close()
         remote.close()

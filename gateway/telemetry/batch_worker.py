@@ -13,10 +13,10 @@ batches of up to `max_batch` items to `deliver`:
 - `deliver` raises anything else: the batch is lost, counted as `failed`, the error logged
   once per distinct message.
 
-With `heartbeat`, an empty batch is delivered on every wake-up that finds the queue empty, so
-the receiver hears from this worker at least every `interval` (a telemetry process uses it to
-tell that a serving process has sent everything recorded before a given moment). `cut_at` is
-the `time.monotonic()` at which the batch being delivered was taken: everything put before it
+`wake()` runs the worker at once, and delivers even an empty batch: the receiver learns that
+everything put before that moment has been sent (a telemetry process asks serving processes
+so before a trace query; the span exporter retires a switched-off exporter that way). `cut_at`
+is the `time.monotonic()` at which the batch being delivered was taken: everything put before it
 is in that batch or an earlier one.
 
 `flush(timeout)` waits until every item put before it is done; `shutdown(deadline)` delivers
@@ -62,7 +62,6 @@ class BatchWorker(Generic[_T]):
         capacity: int = 50_000,
         max_batch: int = 1024,
         interval: float = 0.05,
-        heartbeat: bool = False,
         retry_first: float = 0.05,
         retry_max: float = 2.0,
     ) -> None:
@@ -73,7 +72,7 @@ class BatchWorker(Generic[_T]):
         self._capacity = capacity
         self._max_batch = max_batch
         self._interval = interval
-        self._heartbeat = heartbeat
+        self._poked = False
         self._retry_first = retry_first
         self._retry_max = retry_max
         self.cut_at = 0.0
@@ -105,7 +104,8 @@ class BatchWorker(Generic[_T]):
         return True
 
     def wake(self) -> None:
-        """Run the worker now rather than at its next interval."""
+        """Deliver now rather than at the next interval, an empty batch if nothing is queued."""
+        self._poked = True
         self._wake.set()
 
     @property
@@ -182,7 +182,10 @@ class BatchWorker(Generic[_T]):
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            if self._heartbeat and not queue:
+            # Taken before looking at the queue: a poke that lands later sets it (and the
+            # event) again, for the next turn.
+            poked, self._poked = self._poked, False
+            if poked and not queue:
                 self.cut_at = time.monotonic()
                 self._deliver_one([])
             while queue:

@@ -7,10 +7,12 @@ gateway's resource and instrumentation scope, and is handed to the span processo
 `MEASURE` record is recorded on its instrument. In-flight counts and record drops are kept
 per source and summed for `/metrics`, so N serving processes show as one gateway.
 
-Read your own writes across processes: every serving process delivers at least every 50 ms (an
-empty batch when it has nothing), each batch stamped with the moment it was cut. `settle(t)`
-waits until every live source has delivered a batch cut after `t`: then every call any of them
-finished before `t` is in the span processors.
+Read your own writes across processes: each batch is stamped with the moment it was cut, and
+serving processes *follow* the telemetry side (a stream on which it can ask them to deliver at
+once). `settle(t)` asks every follower to deliver, then waits until each has delivered a batch
+cut after `t` (an empty one if it had nothing): then every call any of them finished before
+`t` is in the span processors. A process that stops following (it died, or the telemetry
+process restarted and it has not come back yet) is not waited for.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor
@@ -50,6 +52,8 @@ class TelemetryIngest:
         self._lock = threading.Lock()
         self._heard = threading.Condition(self._lock)
         self._cut_at: dict[str, float] = {}
+        self._followers: set[str] = set()
+        self._ask_to_deliver: Callable[[], None] = lambda: None
         self._active: dict[str, Mapping[str, int]] = {}
         self._dropped: dict[str, Mapping[str, int]] = {}
         self._trace_states: dict[str, TraceState] = {}
@@ -112,11 +116,26 @@ class TelemetryIngest:
             self._cut_at[source] = max(cut_at, self._cut_at.get(source, 0.0))
             self._heard.notify_all()
 
-    def settle(self, since: float, timeout: float) -> bool:
-        """Wait until every live source has delivered what it recorded before `since`."""
-        deadline = time.monotonic() + timeout
+    def set_delivery_request(self, ask: Callable[[], None]) -> None:
+        """How to ask every follower to deliver now (thread-safe; set by the intake)."""
+        self._ask_to_deliver = ask
+
+    def follow(self, source: str) -> None:
         with self._lock:
-            while any(cut < since for cut in self._cut_at.values()):
+            self._followers.add(source)
+
+    def unfollow(self, source: str) -> None:
+        with self._lock:
+            self._followers.discard(source)
+            self._heard.notify_all()
+
+    def settle(self, since: float, timeout: float) -> bool:
+        """Wait until every follower has delivered what it recorded before `since`."""
+        deadline = time.monotonic() + timeout
+        if self._followers:
+            self._ask_to_deliver()
+        with self._lock:
+            while any(self._cut_at.get(s, 0.0) < since for s in self._followers):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -128,6 +147,7 @@ class TelemetryIngest:
         with self._lock:
             self._active.pop(source, None)
             self._cut_at.pop(source, None)
+            self._followers.discard(source)
             self._heard.notify_all()
 
     def active(self) -> dict[str, int]:

@@ -59,14 +59,12 @@ class SpanExportProcessor(SpanProcessor):
         self._draining: SpanExporter | None = None
         self._drain_until = 0
         self._retired: list[SpanExporter] = []
-        # Heartbeats: an exporter retired while nothing is queued is still shut down soon.
         self._worker: BatchWorker[ReadableSpan] = BatchWorker(
             "aigw-span-export",
             self._export_batch,
             capacity=max_queue_size,
             max_batch=max_batch_size,
             interval=schedule_delay,
-            heartbeat=True,
         )
         self._worker.start()
 
@@ -88,6 +86,7 @@ class SpanExportProcessor(SpanProcessor):
                     self._drain_until = self._worker.accepted
                 else:
                     self._retired.append(old)
+        # Retired now, even with nothing queued (an empty batch is delivered).
         self._worker.wake()
 
     # --- SpanProcessor --------------------------------------------------------------------------
