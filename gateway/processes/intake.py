@@ -40,9 +40,10 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_BATCH_BYTES),
     ("grpc.max_send_message_length", MAX_BATCH_BYTES),
-    # A restarted telemetry process is back within a second or two: retry soon.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    # A restarted telemetry process is back within a second or two, and a connection attempt
+    # to a local socket costs next to nothing: try often, so nothing waits on a backoff.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
 )
 
 
@@ -166,7 +167,8 @@ class DeliveryRequests:
             follow = channel.unary_stream(FOLLOW)
             while True:
                 try:
-                    async for _ in follow(self._source.encode()):
+                    # Waits for the socket to answer rather than failing at once meanwhile.
+                    async for _ in follow(self._source.encode(), wait_for_ready=True):
                         self._records.wake()
                 except grpc.aio.AioRpcError:
                     pass  # the telemetry process is away: follow it again when it is back

@@ -176,7 +176,7 @@ class Supervisor:
             self._config,
             self._socket_path,
             log_level=self._log_level,
-            extra=(self._metrics_port, advertised_address(host, self._port)),
+            extra=(self._metrics_port, advertised_address(host, self._port), self._workers),
         )
 
     def _spawn_serving(self, index: int) -> _Child:

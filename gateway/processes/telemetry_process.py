@@ -36,6 +36,7 @@ def telemetry_main(
     supervisor_pid: int,
     metrics_port: int | None,
     advertised: str,
+    serving_processes: int,
 ) -> None:
     """Process entry point. `metrics_port`: the side-port's port of the first start (a
     restarted telemetry process answers where the dead one did)."""
@@ -45,13 +46,19 @@ def telemetry_main(
         server = dataclasses.replace(config.server, metrics_listen=f"{host}:{metrics_port}")
         config = dataclasses.replace(config, server=server)
     try:
-        asyncio.run(_run(config, socket_path, conn, advertised))
+        asyncio.run(_run(config, socket_path, conn, advertised, serving_processes))
     except Exception as e:
         report_failure(conn, e)
         raise SystemExit(1) from None
 
 
-async def _run(config: GatewayConfig, socket_path: str, conn: Connection, advertised: str) -> None:
+async def _run(
+    config: GatewayConfig,
+    socket_path: str,
+    conn: Connection,
+    advertised: str,
+    serving_processes: int,
+) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     control = ControlPlane(config, os.environ)
@@ -63,6 +70,7 @@ async def _run(config: GatewayConfig, socket_path: str, conn: Connection, advert
         server = grpc.aio.server(interceptors=[ForwardedPrincipal()], options=CHANNEL_OPTIONS)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(control.admin, server)
         Intake(control.telemetry).add_to(server)
+        control.telemetry.ingest.expect_followers(serving_processes)
         with contextlib.suppress(FileNotFoundError):  # left by a telemetry process killed
             os.unlink(socket_path)
         if server.add_insecure_port(socket_target(socket_path)) == 0:

@@ -8,8 +8,8 @@ batches of up to `max_batch` items to `deliver`:
 - `deliver` returns: the batch is done;
 - `deliver` raises `DeliveryDeferred(reason)`: the receiving side is away (the telemetry
   process is restarting, a database is down); the batch is kept and retried after a pause
-  that doubles from `retry_first` to `retry_max` (shutdown cuts a pause short), and while that
-  lasts, drops caused by the full queue count under `reason`;
+  that doubles from `retry_first` to `retry_max` (`wake()` and shutdown cut a pause short),
+  and while that lasts, drops caused by the full queue count under `reason`;
 - `deliver` raises anything else: the batch is lost, counted as `failed`, the error logged
   once per distinct message.
 
@@ -85,7 +85,6 @@ class BatchWorker(Generic[_T]):
         self.dropped: Counter[str] = Counter()
         self._logged: set[str] = set()
         self._stopping = False
-        self._stop = threading.Event()  # cuts a retry pause short
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
 
@@ -164,7 +163,6 @@ class BatchWorker(Generic[_T]):
             return
         self._deadline = deadline
         self._stopping = True
-        self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -214,7 +212,10 @@ class BatchWorker(Generic[_T]):
                 if self._stopping:
                     time.sleep(min(retry_in, max(self._deadline - time.monotonic(), 0.0)))
                 else:
-                    self._stop.wait(retry_in)
+                    # Cut short by `wake()` (the receiver asks for our records: it is back)
+                    # and by shutdown; a full batch waiting wakes it too, for one more try.
+                    self._wake.wait(retry_in)
+                    self._wake.clear()
                 retry_in = min(retry_in * 2, self._retry_max)
                 continue
             except Exception as e:  # a bug in delivery must not stop the worker

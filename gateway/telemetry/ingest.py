@@ -53,6 +53,7 @@ class TelemetryIngest:
         self._heard = threading.Condition(self._lock)
         self._cut_at: dict[str, float] = {}
         self._followers: set[str] = set()
+        self._expected_followers = 0
         self._ask_to_deliver: Callable[[], None] = lambda: None
         self._active: dict[str, Mapping[str, int]] = {}
         self._dropped: dict[str, Mapping[str, int]] = {}
@@ -120,9 +121,15 @@ class TelemetryIngest:
         """How to ask every follower to deliver now (thread-safe; set by the intake)."""
         self._ask_to_deliver = ask
 
+    def expect_followers(self, n: int) -> None:
+        """`n` serving processes exist: `settle` waits (within its timeout) until that many
+        follow — a restarted telemetry process has heard from none of them yet."""
+        self._expected_followers = n
+
     def follow(self, source: str) -> None:
         with self._lock:
             self._followers.add(source)
+            self._heard.notify_all()
 
     def unfollow(self, source: str) -> None:
         with self._lock:
@@ -132,10 +139,19 @@ class TelemetryIngest:
     def settle(self, since: float, timeout: float) -> bool:
         """Wait until every follower has delivered what it recorded before `since`."""
         deadline = time.monotonic() + timeout
-        if self._followers:
-            self._ask_to_deliver()
+        asked: set[str] = set()
         with self._lock:
-            while any(self._cut_at.get(s, 0.0) < since for s in self._followers):
+            while len(self._followers) < self._expected_followers or any(
+                self._cut_at.get(s, 0.0) < since for s in self._followers
+            ):
+                if not self._followers <= asked:
+                    asked = set(self._followers)
+                    self._lock.release()
+                    try:
+                        self._ask_to_deliver()
+                    finally:
+                        self._lock.acquire()
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
