@@ -21,8 +21,12 @@ def test_a_batch_round_trips_and_shared_attribute_dicts_cross_once() -> None:
     span = (SPAN, "chat echo-1", 2, 2**127 + 5, 2**63 + 1, 7, True, "k=v", 1, 2, {"a": 1}, 0, "")
     records = [span, *((MEASURE, 1, 0.5, shared) for _ in range(100))]
     data = encode_batch("worker-0-1", 12.5, {"m": 1}, {"queue_full": 2}, records, {"w": 1}, ["g"])
+
     # 100 references to one dict: its 1 KB of text is written once, not 100 times.
-    copies = [span, *((MEASURE, 1, 0.5, dict(shared)) for _ in range(100))]
+    def copy() -> dict[str, str]:  # equal, and made of distinct objects
+        return {"".join(list(k)): "".join(list(v)) for k, v in shared.items()}
+
+    copies = [span, *((MEASURE, 1, 0.5, copy()) for _ in range(100))]
     assert len(data) * 10 < len(encode_batch("worker-0-1", 12.5, {}, {}, copies))
     batch = decode_batch(data)
     assert (batch.source, batch.sent_at, batch.active, batch.dropped) == (
