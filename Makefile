@@ -46,8 +46,9 @@ protos: $(STAMP)
 	@command -v h2load >/dev/null || \
 		{ $(APT) update -qq && $(APT) install -y -qq --no-install-recommends nghttp2-client; }
 
-# Bare grpc.aio vs aigw (telemetry minimal, full, exporter down, fleet mode on PostgreSQL) and
-# the fleet's store writes and config convergence: about 8 minutes, 127.0.0.1 only; prints one
+# Bare grpc.aio vs aigw (telemetry minimal, full with one and with two serving processes,
+# exporter down, fleet mode on PostgreSQL) and the fleet's store writes and config
+# convergence: about 10 minutes, 127.0.0.1 only; prints one
 # summary line per scenario and rewrites BENCHMARKS.md. ARGS: see --help (e.g. ARGS="--scenarios
 # baseline,fleet"); `python -m tests.bench.fleet` runs the two fleet measurements alone.
 bench: $(STAMP) .h2load .test-peers

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -131,16 +133,31 @@ def component_of(frames: list[str]) -> str:
 class Profile:
     """Collapsed py-spy samples (`--threads` raw format), grouped."""
 
-    def __init__(self, lines: Iterable[str]) -> None:
+    def __init__(self, lines: Iterable[str], roles: dict[int, str] | None = None) -> None:
+        """`roles`: what each process of `aigw serve` is (pid → "telemetry", "serving-0" …);
+        a thread is then named "<role> <thread>", e.g. "serving-0 MainThread"."""
         self.stacks: list[tuple[str, list[str], int]] = []
+        roles = roles or {}
         for line in lines:
             line = line.rstrip("\n")
             if not line:
                 continue
             stack, _, count = line.rpartition(" ")
             frames = stack.split(";")
+            role = ""
+            # `--subprocesses` puts the process chain first: `process PID:"cmdline"` frames.
+            while frames and frames[0].startswith("process "):
+                pid = frames.pop(0)[len("process ") :].split(":", 1)[0]
+                role = roles.get(int(pid), f"pid {pid}") if pid.isdigit() else pid
+            if not frames:
+                continue
             thread = frames[0].split(": ", 1)[-1] if frames[0].startswith("thread") else "?"
-            self.stacks.append((thread, frames[1:], int(count)))
+            label = f"{role} {thread}" if role else thread
+            self.stacks.append((label, frames[1:], int(count)))
+        self.request_thread = next(
+            (t for t, _, _ in self.stacks if t.startswith("serving") and t.endswith("MainThread")),
+            "MainThread",
+        )
 
     @property
     def total(self) -> int:
@@ -152,15 +169,17 @@ class Profile:
             out[thread] += n
         return out
 
-    def components(self, thread: str = "MainThread") -> Counter[str]:
+    def components(self, thread: str = "") -> Counter[str]:
+        thread = thread or self.request_thread
         out: Counter[str] = Counter()
         for name, frames, n in self.stacks:
             if name == thread:
                 out[component_of(frames)] += n
         return out
 
-    def functions(self, thread: str = "MainThread") -> tuple[Counter[str], Counter[str]]:
+    def functions(self, thread: str = "") -> tuple[Counter[str], Counter[str]]:
         """(inclusive, self) sample counts by function."""
+        thread = thread or self.request_thread
         inclusive: Counter[str] = Counter()
         own: Counter[str] = Counter()
         for name, frames, n in self.stacks:
@@ -176,8 +195,8 @@ class Profile:
         lines = [f"samples: {self.total}", "", "by thread (share of all samples):"]
         for thread, n in self.threads().most_common():
             lines.append(f"  {n / total:6.1%}  {thread}")
-        main = sum(n for t, _, n in self.stacks if t == "MainThread") or 1
-        lines += ["", "request path (MainThread) by component, deepest frame wins:"]
+        main = sum(n for t, _, n in self.stacks if t == self.request_thread) or 1
+        lines += ["", f"request path ({self.request_thread}) by component, deepest frame wins:"]
         for name, n in self.components().most_common():
             lines.append(f"  {n / main:6.1%}  {name}")
         inclusive, own = self.functions()
@@ -215,7 +234,9 @@ def record(args: argparse.Namespace, workdir: Path) -> Path:
         with scraper.running() if scraper else contextlib.nullcontext():
             load.start()
             time.sleep(1)
+            # `aigw serve` is a supervisor: its serving and telemetry processes are sampled too.
             cmd = ["py-spy", "record", "--pid", str(server.pid), "--rate", str(args.rate)]
+            cmd += ["--subprocesses"]
             cmd += ["--duration", str(args.seconds), "--format", "raw", "--threads"]
             cmd += ["--full-filenames", "--output", str(raw)]
             # --native unwinds C frames (grpc's Cython core, upb) and needs the process paused.
@@ -230,11 +251,39 @@ def record(args: argparse.Namespace, workdir: Path) -> Path:
                 f"{args.concurrency}, errors {result.errors or 0}",
                 file=sys.stderr,
             )
+        _ROLES_FILE(raw).write_text(json.dumps(roles_of(server.log)))
     finally:
         server.stop()
         if sink is not None:
             sink.stop()
     return raw
+
+
+_SERVING_LINE = re.compile(r"serving process\(es\), pids ([\d,]+); telemetry process pid (\d+)")
+
+
+def roles_of(log: Path) -> dict[int, str]:
+    """pid → role, from the supervisor's start-up line."""
+    match = _SERVING_LINE.search(log.read_text(errors="replace"))
+    if match is None:
+        return {}
+    roles = {int(pid): f"serving-{i}" for i, pid in enumerate(match.group(1).split(","))}
+    roles[int(match.group(2))] = "telemetry"
+    return roles
+
+
+def _ROLES_FILE(raw: Path) -> Path:
+    return raw.with_suffix(".roles.json")
+
+
+def load_profile(raw: Path) -> Profile:
+    roles_file = _ROLES_FILE(raw)
+    roles = (
+        {int(k): v for k, v in json.loads(roles_file.read_text()).items()}
+        if roles_file.exists()
+        else {}
+    )
+    return Profile(raw.read_text().splitlines(), roles)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="aigw-profile-") as tmp:
             raw = record(args, Path(tmp))
-            print("\n".join(Profile(raw.read_text().splitlines()).report(args.top)))
+            print("\n".join(load_profile(raw).report(args.top)))
             return 0
-    print("\n".join(Profile(raw.read_text().splitlines()).report(args.top)))
+    print("\n".join(load_profile(raw).report(args.top)))
     return 0
 
 
