@@ -437,16 +437,19 @@ async def test_killed_telemetry_process_is_restarted_and_no_call_fails(tmp_path:
         assert load.failures == []
 
         async def admin_back() -> bool:
-            try:
-                await Client(opened[0][0]).get()
-            except grpc.aio.AioRpcError as e:
-                if e.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
-                return False
+            # Through both serving processes: each forwards on a channel of its own, and
+            # each reconnects to the new telemetry process in its own time.
+            for channel, _ in opened:
+                try:
+                    await Client(channel).get()
+                except grpc.aio.AioRpcError as e:
+                    if e.code() is not grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    return False
             return True
 
-        # Admin calls are forwarded again (the forwarding channel reconnects by itself).
-        await _until(admin_back, "AdminService answering again")
+        # Admin calls are forwarded again (the forwarding channels reconnect by themselves).
+        await _until(admin_back, "AdminService answering again through both workers")
         after_kill = load.started_after(killed)
         held: Counter[str] = Counter()
 
