@@ -479,11 +479,16 @@ async def test_killed_telemetry_process_is_restarted_and_no_call_fails(tmp_path:
 
 @pytest.mark.xfail(
     # Not strict: it passes most runs since the telemetry process expects every serving
-    # process to follow it and a request to deliver cuts a retry pause short; about 1 run in
-    # 8 here still lists without the call made through one of them.
+    # process to follow it and a request to deliver cuts a retry pause short; 1 run in 3 to 8
+    # here still lists without the calls made through one or both of them. Seen in a traced
+    # run: the Follow stream (wait_for_ready) is back before the Deliver channel has left its
+    # reconnect backoff, so the delivery settle asks for fails at once (UNAVAILABLE,
+    # wait_for_ready=False), the next retry is ~1.6-2 s away, settle asks only once and gives
+    # up after 1 s, and ListTraces answers without the calls.
     strict=False,
-    reason="read-your-writes right after a telemetry process restart still misses a call now "
-    "and then (about 1 run in 8): one serving process's records arrive after the listing",
+    reason="read-your-writes right after a telemetry process restart still misses calls now "
+    "and then: the one delivery settle asks for can fail while the Deliver channel is still in "
+    "reconnect backoff, and the retry comes after settle's 1 s timeout",
 )
 async def test_list_traces_right_after_a_telemetry_restart_sees_new_calls(tmp_path: Path) -> None:
     gw = await _start(tmp_path)
