@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import pytest
 from aigw.v1 import admin_pb2, completion_pb2_grpc, otel_config_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
@@ -459,8 +458,8 @@ async def test_killed_telemetry_process_is_restarted_and_no_call_fails(tmp_path:
             return all(t in held for t in after_kill)
 
         # Every call that began after the kill, during the outage or after the restart, is
-        # stored: its records can only have gone to the new telemetry process. Waited for:
-        # right after a restart the listing does not see them yet (the xfail test below).
+        # stored: its records can only have gone to the new telemetry process. Waited for,
+        # because calls still running at the restart may end after the first listing.
         await _until(all_stored, "every call begun after the kill listed")
         scraped = await _scrape(gw.metrics_port)
         await _close(channel for channel, _ in opened)
@@ -477,19 +476,6 @@ async def test_killed_telemetry_process_is_restarted_and_no_call_fails(tmp_path:
     assert set(held) <= set(calls.answered)
 
 
-@pytest.mark.xfail(
-    # Not strict: it passes most runs since the telemetry process expects every serving
-    # process to follow it and a request to deliver cuts a retry pause short; 1 run in 3 to 8
-    # here still lists without the calls made through one or both of them. Seen in a traced
-    # run: the Follow stream (wait_for_ready) is back before the Deliver channel has left its
-    # reconnect backoff, so the delivery settle asks for fails at once (UNAVAILABLE,
-    # wait_for_ready=False), the next retry is ~1.6-2 s away, settle asks only once and gives
-    # up after 1 s, and ListTraces answers without the calls.
-    strict=False,
-    reason="read-your-writes right after a telemetry process restart still misses calls now "
-    "and then: the one delivery settle asks for can fail while the Deliver channel is still in "
-    "reconnect backoff, and the retry comes after settle's 1 s timeout",
-)
 async def test_list_traces_right_after_a_telemetry_restart_sees_new_calls(tmp_path: Path) -> None:
     gw = await _start(tmp_path)
     calls = Calls()

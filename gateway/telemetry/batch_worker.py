@@ -214,8 +214,11 @@ class BatchWorker(Generic[_T]):
                 else:
                     # Cut short by `wake()` (the receiver asks for our records: it is back)
                     # and by shutdown; a full batch waiting wakes it too, for one more try.
-                    self._wake.wait(retry_in)
+                    woken = self._wake.wait(retry_in)
                     self._wake.clear()
+                    if woken and self._poked:  # asked for: the receiver is back; retry now
+                        retry_in = self._retry_first
+                        continue
                 retry_in = min(retry_in * 2, self._retry_max)
                 continue
             except Exception as e:  # a bug in delivery must not stop the worker

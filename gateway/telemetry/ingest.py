@@ -35,6 +35,7 @@ __all__ = ["SCOPE", "TelemetryIngest"]
 
 SCOPE = InstrumentationScope("aigw", __version__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_ASK_AGAIN_SECONDS = 0.1
 _KINDS = {k.value: k for k in SpanKind}
 _STATUS = {c.value: Status(c) for c in StatusCode}
 
@@ -139,23 +140,26 @@ class TelemetryIngest:
     def settle(self, since: float, timeout: float) -> bool:
         """Wait until every follower has delivered what it recorded before `since`."""
         deadline = time.monotonic() + timeout
-        asked: set[str] = set()
+        asked_at = -1.0
         with self._lock:
             while len(self._followers) < self._expected_followers or any(
                 self._cut_at.get(s, 0.0) < since for s in self._followers
             ):
-                if not self._followers <= asked:
-                    asked = set(self._followers)
+                now = time.monotonic()
+                if now - asked_at >= _ASK_AGAIN_SECONDS:
+                    # Asked again while waiting: a delivery can fail while the telemetry
+                    # process is new (its socket still reconnecting) and be held for a retry.
+                    asked_at = now
                     self._lock.release()
                     try:
                         self._ask_to_deliver()
                     finally:
                         self._lock.acquire()
                     continue
-                left = deadline - time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     return False
-                self._heard.wait(left)
+                self._heard.wait(min(left, asked_at + _ASK_AGAIN_SECONDS - now))
         return True
 
     def forget(self, source: str) -> None:

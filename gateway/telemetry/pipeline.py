@@ -124,11 +124,10 @@ class Telemetry:
     def flush_traces(self, timeout: float) -> bool:
         now = time.monotonic()
         deadline = now + timeout
-        return (
-            self.ingest.settle(now, timeout)
-            and self.local.flush(deadline - time.monotonic())
-            and self.store_processor.force_flush(_ms_left(deadline))
-        )
+        # Each step runs even when one before it timed out: what did arrive is stored.
+        settled = self.ingest.settle(now, timeout)
+        local = self.local.flush(deadline - time.monotonic())
+        return self.store_processor.force_flush(_ms_left(deadline)) and settled and local
 
     def force_flush(self, timeout: float) -> bool:
         """Every call recorded so far stored and exported (or failed), within `timeout` s."""
