@@ -143,12 +143,15 @@ class Profile:
             if not line:
                 continue
             stack, _, count = line.rpartition(" ")
-            frames = stack.split(";")
             role = ""
-            # `--subprocesses` puts the process chain first: `process PID:"cmdline"` frames.
-            while frames and frames[0].startswith("process "):
-                pid = frames.pop(0)[len("process ") :].split(":", 1)[0]
-                role = roles.get(int(pid), f"pid {pid}") if pid.isdigit() else pid
+            # `--subprocesses` puts the process chain first: `process PID:"cmdline";` frames
+            # (a command line may hold a ";" itself); the last one is the sampled process.
+            chain = _PROCESS_CHAIN.match(stack)
+            if chain is not None and chain.group(1):
+                pid = int(_PROCESS_FRAME.findall(chain.group(1))[-1])
+                role = roles.get(pid, f"pid {pid}")
+                stack = stack[chain.end(1) :]
+            frames = stack.split(";")
             if not frames:
                 continue
             thread = frames[0].split(": ", 1)[-1] if frames[0].startswith("thread") else "?"
@@ -259,6 +262,8 @@ def record(args: argparse.Namespace, workdir: Path) -> Path:
     return raw
 
 
+_PROCESS_CHAIN = re.compile(r'((?:process \d+:"[^"]*";)*)')
+_PROCESS_FRAME = re.compile(r'process (\d+):"')
 _SERVING_LINE = re.compile(r"serving process\(es\), pids ([\d,]+); telemetry process pid (\d+)")
 
 
