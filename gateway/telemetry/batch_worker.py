@@ -1,8 +1,8 @@
 """`BatchWorker`: a bounded queue drained in batches by one thread, for the request path.
 
-`put` is what a request pays: a length check and a deque append, no lock, no wake-up (the
-worker wakes on its own every `interval`, or once when a full batch is waiting). It never
-blocks or raises; a full queue drops the new item and counts it by reason. The worker hands
+`put` is what a request pays: an uncontended lock, a length check and a deque append, no
+wake-up (the worker wakes on its own every `interval`, or once when a full batch is waiting).
+It never blocks or raises; a full queue drops the new item and counts it by reason. The worker hands
 batches of up to `max_batch` items to `deliver`:
 
 - `deliver` returns: the batch is done;
@@ -24,8 +24,7 @@ what is queued until `deadline` (a `time.monotonic()` value, shared with the cal
 shutdown steps), then counts what is left as `shutdown` and stops. Both are safe before
 `start` and twice.
 
-Single producer: `put` is called from one thread (the event loop's), as every request-path
-record is; `flush` and `shutdown` from any.
+`put`, `flush`, `wake` and `shutdown` may be called from any thread.
 """
 
 from __future__ import annotations
@@ -79,6 +78,7 @@ class BatchWorker(Generic[_T]):
         self._queue: deque[_T] = deque()
         self._wake = threading.Event()
         self._cond = threading.Condition()
+        self._put_lock = threading.Lock()
         self._put = 0  # items accepted (the producer's count)
         self._done = 0  # items delivered, failed or dropped after acceptance (the worker's)
         self._full_reason = "queue_full"
@@ -93,12 +93,16 @@ class BatchWorker(Generic[_T]):
     def put(self, item: _T) -> bool:
         """Queue `item`; False when it was dropped (and counted)."""
         queue = self._queue
-        if len(queue) >= self._capacity or self._stopping:
-            self.dropped["shutdown" if self._stopping else self._full_reason] += 1
-            return False
-        queue.append(item)
-        self._put += 1
-        if len(queue) == self._max_batch:
+        # A lock, uncontended in a serving process (one producer): the telemetry side's
+        # processors are fed by several intake threads at once, and the counts must add up.
+        with self._put_lock:
+            if len(queue) >= self._capacity or self._stopping:
+                self.dropped["shutdown" if self._stopping else self._full_reason] += 1
+                return False
+            queue.append(item)
+            self._put += 1
+            full = len(queue) == self._max_batch
+        if full:
             self._wake.set()
         return True
 

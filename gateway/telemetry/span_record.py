@@ -198,27 +198,13 @@ class SpanRecorder:
     ) -> SpanRecord:
         """A span, child of `parent`: a local span, a caller's span context, or none (a root)."""
         if isinstance(parent, SpanRecord):
-            return SpanRecord(
-                self._sink,
-                name,
-                kind,
-                attributes,
-                parent.trace_id,
-                parent.span_id,
-                False,
-                parent.trace_state,
-                parent.sampled,
-            )
-        if isinstance(parent, SpanContext) and parent.is_valid:
-            return SpanRecord(
-                self._sink,
-                name,
-                kind,
-                attributes,
-                parent.trace_id,
-                parent.span_id,
-                parent.is_remote,
-                parent.trace_state,
-                parent.trace_flags.sampled,
-            )
-        return SpanRecord(self._sink, name, kind, attributes, _new_trace_id(), 0, False, None, True)
+            trace_id, parent_id, remote = parent.trace_id, parent.span_id, False
+            state, sampled = parent.trace_state, parent.sampled
+        elif isinstance(parent, SpanContext) and parent.is_valid:
+            trace_id, parent_id, remote = parent.trace_id, parent.span_id, parent.is_remote
+            state, sampled = parent.trace_state, parent.trace_flags.sampled
+        else:
+            trace_id, parent_id, remote, state, sampled = _new_trace_id(), 0, False, None, True
+        return SpanRecord(
+            self._sink, name, kind, attributes, trace_id, parent_id, remote, state, sampled
+        )
