@@ -96,11 +96,15 @@ class SpanRecord:
     def is_recording(self) -> bool:
         return self.sampled and not self._ended
 
+    # Ignored once ended, as the SDK does: the dict may already be on its way to the
+    # telemetry side (in one process, shared with the span being built from it).
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes[key] = value
+        if not self._ended:
+            self.attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        self.attributes.update(attributes)
+        if not self._ended:
+            self.attributes.update(attributes)
 
     def set_status(self, code: StatusCode, message: str = "") -> None:
         self.status_code = code
