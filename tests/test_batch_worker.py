@@ -165,3 +165,32 @@ def test_wake_delivers_an_empty_batch_and_stamps_the_cut() -> None:
     assert receiver.batches == [[]]
     assert worker.cut_at >= before
     worker.shutdown(time.monotonic() + 1)
+
+
+def test_only_the_batch_that_empties_the_queue_moves_the_cut() -> None:
+    """A receiver reading `cut_at` as "everything put before it has arrived" must not be
+    told so by the first batch of a backlog."""
+    receiver = Receiver()
+    receiver.away = True
+    cuts: list[float] = []  # the cut each delivered batch carried
+
+    def deliver(batch: list[int]) -> None:
+        receiver.deliver(batch)
+        if batch:  # the poke's own empty batch follows; it carries a fresh cut anyway
+            cuts.append(worker.cut_at)
+
+    worker: BatchWorker[int] = BatchWorker("t", deliver, max_batch=3)
+    worker.start()
+    for i in range(7):
+        worker.put(i)
+    deadline = time.monotonic() + 5
+    while receiver.attempts < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    since = time.monotonic()
+    receiver.away = False
+    worker.wake()
+    assert worker.flush(5)
+    assert [b for b in receiver.batches if b] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [c >= since for c in cuts] == [False, False, True]
+    worker.shutdown(time.monotonic() + 1)

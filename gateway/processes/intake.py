@@ -56,6 +56,8 @@ class Intake:
         self._telemetry = telemetry
         self._loop: asyncio.AbstractEventLoop | None = None
         self._followers: dict[str, asyncio.Event] = {}
+        self._unfollowed = asyncio.Event()  # set while no serving process follows
+        self._unfollowed.set()
         telemetry.ingest.set_delivery_request(self._ask_to_deliver)
 
     def add_to(self, server: grpc.aio.Server) -> None:
@@ -64,6 +66,11 @@ class Intake:
             "Follow": grpc.unary_stream_rpc_method_handler(self._follow),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+
+    async def followers_gone(self, timeout: float) -> None:
+        """Return once no serving process follows (they have all exited), or at `timeout`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unfollowed.wait(), timeout)
 
     def _ask_to_deliver(self) -> None:
         """From any thread: every follower delivers what it holds, now."""
@@ -80,6 +87,7 @@ class Intake:
         self._loop = asyncio.get_running_loop()
         asked = asyncio.Event()
         self._followers[source] = asked
+        self._unfollowed.clear()
         self._telemetry.ingest.follow(source)
         try:
             while True:
@@ -90,6 +98,8 @@ class Intake:
             if self._followers.get(source) is asked:
                 del self._followers[source]
                 self._telemetry.ingest.unfollow(source)
+            if not self._followers:
+                self._unfollowed.set()
 
     async def _deliver(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:

@@ -63,7 +63,7 @@ async def _run(
     )
     records: BatchWorker[tuple[object, ...]] = BatchWorker(f"aigw-records-{index}", remote.deliver)
     requests = DeliveryRequests(socket_path, source, records)
-    recorder = CallRecorder(config.telemetry, records.put)
+    recorder = CallRecorder(config.telemetry, records.put, records.touch)
     forwarder = AdminForwarder(socket_path)
     serving = ServingPlane(config, os.environ, recorder, forwarder.add_to)
     records.start()
@@ -74,7 +74,9 @@ async def _run(
         await stop.wait()
     finally:
         await serving.stop(config.server.grace_period_seconds)
-        await requests.shutdown()
+        # Records first, then stop following: the telemetry process waits for its
+        # followers to leave before it flushes (a SIGTERM to the whole process group).
         await asyncio.to_thread(records.shutdown, time.monotonic() + FLUSH_SECONDS)
+        await requests.shutdown()
         await forwarder.close()
         remote.close()

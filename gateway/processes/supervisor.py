@@ -153,6 +153,7 @@ class Supervisor:
         for child in self._serving.values():
             self._await_ready(child)
         self._reporter = grpc.insecure_channel(socket_target(self._socket_path))
+        self._report_due = True  # the restart counters exist, at 0, from the start
         metrics_host = parse_listen_address(server_cfg.metrics_listen)[0]
         _log.info(
             "aigw serving gRPC on %s:%d, metrics on http://%s:%d/metrics, routes: %s; "
@@ -215,16 +216,18 @@ class Supervisor:
         while True:
             if self._stop:
                 raise _Stopping
+            ended = False
             if child.conn.poll(0.1):
                 try:
                     message = child.conn.recv()
-                except EOFError:
-                    message = None
+                except EOFError:  # it exited without a word (killed, crashed on import …)
+                    message, ended = None, True
+                    child.process.join(1.0)
                 if message and message[0] == "ready":
                     return message[1]  # type: ignore[no-any-return]
                 if message and message[0] == "failed":
                     raise _StartFailed(int(message[1]), str(message[2]))
-            if not child.process.is_alive() and not child.conn.poll(0):
+            if ended or (not child.process.is_alive() and not child.conn.poll(0)):
                 raise _StartFailed(
                     1,
                     f"cannot start: the {child.describe()} exited with {child.process.exitcode}",
@@ -255,6 +258,11 @@ class Supervisor:
         _log.warning("%s exited (%s); restarting it", child.describe(), _exit_reason(child.process))
         child.conn.close()
         self._restarts[child.kind] += 1
+        if child.kind == WORKER:
+            # Its calls are no longer in flight, and no trace query should wait for it.
+            self._gone.append(child.source)
+            self._report_due = True
+            self._report()
         lived = time.monotonic() - child.started
         quick_deaths = child.quick_deaths + 1 if lived < _QUICK_DEATH_SECONDS else 0
         if quick_deaths:
@@ -268,7 +276,6 @@ class Supervisor:
             new = self._spawn_telemetry()
             self._telemetry = new
         else:
-            self._gone.append(child.source)
             new = self._spawn_serving(child.index)
             self._serving[child.index] = new
         new.quick_deaths = quick_deaths

@@ -69,7 +69,8 @@ async def _run(
         assert control.admin is not None
         server = grpc.aio.server(interceptors=[ForwardedPrincipal()], options=CHANNEL_OPTIONS)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(control.admin, server)
-        Intake(control.telemetry).add_to(server)
+        intake = Intake(control.telemetry)
+        intake.add_to(server)
         control.telemetry.ingest.expect_followers(serving_processes)
         with contextlib.suppress(FileNotFoundError):  # left by a telemetry process killed
             os.unlink(socket_path)
@@ -79,6 +80,9 @@ async def _run(
         control.announce(advertised)
         conn.send(("ready", {"metrics_port": control.metrics_port}))
         await stop.wait()
+        # A SIGTERM to the whole process group reaches the serving processes too: they are
+        # draining now and will send their last records; leave only once they are gone.
+        await intake.followers_gone(config.server.grace_period_seconds + FLUSH_SECONDS)
     finally:
         if server is not None:
             # Serving processes stopped first; what is still in flight gets a moment.

@@ -71,7 +71,8 @@ class BatchWorker(Generic[_T]):
         self._capacity = capacity
         self._max_batch = max_batch
         self._interval = interval
-        self._poked = False
+        self._pokes = 0  # wake() calls so far; a change is a request to deliver now
+        self._touched = False
         self._retry_first = retry_first
         self._retry_max = retry_max
         self.cut_at = 0.0
@@ -108,8 +109,13 @@ class BatchWorker(Generic[_T]):
 
     def wake(self) -> None:
         """Deliver now rather than at the next interval, an empty batch if nothing is queued."""
-        self._poked = True
+        self._pokes += 1
         self._wake.set()
+
+    def touch(self) -> None:
+        """Deliver at the next interval even if nothing is queued (what rides along with every
+        batch, such as in-flight counts, has changed). Costs the caller an attribute store."""
+        self._touched = True
 
     @property
     def pending(self) -> int:
@@ -181,13 +187,16 @@ class BatchWorker(Generic[_T]):
 
     def _run(self) -> None:
         queue = self._queue
+        seen_pokes = 0
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            # Taken before looking at the queue: a poke that lands later sets it (and the
-            # event) again, for the next turn.
-            poked, self._poked = self._poked, False
-            if poked and not queue:
+            # Read before looking at the queue: a poke or touch that lands later is seen on
+            # the next turn (a poke sets the event again).
+            pokes = self._pokes
+            asked, seen_pokes = pokes != seen_pokes, pokes
+            touched, self._touched = self._touched, False
+            if (asked or touched) and not queue:
                 self.cut_at = time.monotonic()
                 self._deliver_one([])
             while queue:
@@ -196,9 +205,13 @@ class BatchWorker(Generic[_T]):
                     queue.clear()
                     self._count_done(left, "shutdown")
                     break
-                self.cut_at = time.monotonic()
+                cut = time.monotonic()
                 take = min(len(queue), self._max_batch)
                 batch = [queue.popleft() for _ in range(take)]
+                if not queue:
+                    # Only a batch that empties the queue holds everything put before `cut`;
+                    # earlier batches of a backlog keep the previous cut.
+                    self.cut_at = cut
                 self._deliver_one(batch)
             if self._stopping:
                 return
@@ -215,14 +228,10 @@ class BatchWorker(Generic[_T]):
                     return
                 if self._stopping:
                     time.sleep(min(retry_in, max(self._deadline - time.monotonic(), 0.0)))
-                else:
-                    # Cut short by `wake()` (the receiver asks for our records: it is back)
-                    # and by shutdown; a full batch waiting wakes it too, for one more try.
-                    woken = self._wake.wait(retry_in)
-                    self._wake.clear()
-                    if woken and self._poked:  # asked for: the receiver is back; retry now
-                        retry_in = self._retry_first
-                        continue
+                elif self._pause(retry_in):
+                    # Asked for our records: the receiver is back; start the backoff over.
+                    retry_in = self._retry_first
+                    continue
                 retry_in = min(retry_in * 2, self._retry_max)
                 continue
             except Exception as e:  # a bug in delivery must not stop the worker
@@ -232,6 +241,22 @@ class BatchWorker(Generic[_T]):
             self._full_reason = "queue_full"
             self._count_done(len(batch), None)
             return
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait before a retry; cut short by `wake()` (True) or shutdown. Other wake-ups (a
+        flush waiting, a full batch) do not shorten it: the backoff is the receiver's due."""
+        pokes = self._pokes
+        until = time.monotonic() + seconds
+        while not self._stopping:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake.wait(left):
+                self._wake.clear()
+                if self._pokes != pokes:
+                    self._wake.set()  # the turn after this delivery still owes the poke
+                    return True
+        return False
 
     def _count_done(self, n: int, drop_reason: str | None) -> None:
         with self._cond:

@@ -11,8 +11,10 @@ Read your own writes across processes: each batch is stamped with the moment it 
 serving processes *follow* the telemetry side (a stream on which it can ask them to deliver at
 once). `settle(t)` asks every follower to deliver, then waits until each has delivered a batch
 cut after `t` (an empty one if it had nothing): then every call any of them finished before
-`t` is in the span processors. A process that stops following (it died, or the telemetry
-process restarted and it has not come back yet) is not waited for.
+`t` is in the span processors. It waits (within its timeout) for as many followers as there
+are serving processes, so a telemetry process that has just restarted waits for them to
+follow again; a serving process that died is forgotten when the supervisor says so, and its
+replacement is waited for.
 """
 
 from __future__ import annotations

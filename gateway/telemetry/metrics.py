@@ -35,14 +35,22 @@ _RPC, _GENAI, _TOKENS, _TTFT, _TPOT, _COST = range(len(MEASURED))
 class GatewayMetrics:
     """What a call records. Every method is one append; only the event loop thread calls them."""
 
-    def __init__(self, sink: Callable[[tuple[object, ...]], None]) -> None:
+    def __init__(
+        self,
+        sink: Callable[[tuple[object, ...]], None],
+        active_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`active_changed`: told when a call starts (a serving process then sends its
+        in-flight counts soon even with nothing else to send: a long stream shows)."""
         self._sink = sink
+        self._active_changed = active_changed
         self.active: dict[str, int] = {}
 
     # --- RPC ------------------------------------------------------------------------------------
 
     def rpc_started(self, method: str) -> None:
         self.active[method] = self.active.get(method, 0) + 1
+        self._active_changed()
 
     def rpc_finished(self, method: str, call_attrs: Attributes, seconds: float) -> None:
         self.active[method] -= 1

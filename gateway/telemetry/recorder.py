@@ -18,7 +18,12 @@ __all__ = ["CallRecorder"]
 
 
 class CallRecorder:
-    def __init__(self, config: TelemetryConfig, sink: Callable[[tuple[object, ...]], None]) -> None:
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        sink: Callable[[tuple[object, ...]], None],
+        active_changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.spans = SpanRecorder(sink)
-        self.metrics = GatewayMetrics(sink)
+        self.metrics = GatewayMetrics(sink, active_changed)
         self.genai = GenAITelemetry(self.spans, self.metrics, config)
