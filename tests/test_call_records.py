@@ -20,7 +20,9 @@ def test_a_batch_round_trips_and_shared_attribute_dicts_cross_once() -> None:
     shared = {"gen_ai.operation.name": "chat", "aigw.route": "echo", "x": "y" * 1000}
     span = (SPAN, "chat echo-1", 2, 2**127 + 5, 2**63 + 1, 7, True, "k=v", 1, 2, {"a": 1}, 0, "")
     records = [span, *((MEASURE, 1, 0.5, shared) for _ in range(100))]
-    data = encode_batch("worker-0-1", 12.5, {"m": 1}, {"queue_full": 2}, records, {"w": 1}, ["g"])
+    data = encode_batch(
+        "worker-0-1", 12.5, {"m": 1}, {"queue_full": 2}, records, {"w": 1}, ["g"], seq=3
+    )
 
     # 100 references to one dict: its 1 KB of text is written once, not 100 times.
     def copy() -> dict[str, str]:  # equal, and made of distinct objects
@@ -37,7 +39,7 @@ def test_a_batch_round_trips_and_shared_attribute_dicts_cross_once() -> None:
     )
     assert batch.records[0] == span
     assert batch.records[1:] == [(MEASURE, 1, 0.5, shared)] * 100
-    assert (batch.restarts, batch.gone) == ({"w": 1}, ["g"])
+    assert (batch.restarts, batch.gone, batch.seq) == ({"w": 1}, ["g"], 3)
 
 
 @pytest.mark.parametrize(
@@ -46,9 +48,9 @@ def test_a_batch_round_trips_and_shared_attribute_dicts_cross_once() -> None:
         b"",
         b"\x00garbage\xff" * 10,
         marshal.dumps(42),
-        marshal.dumps((WIRE_VERSION + 1, "s", 1.0, {}, {}, [], {}, [])),
-        marshal.dumps((WIRE_VERSION, 5, 1.0, {}, {}, [], {}, [])),
-        marshal.dumps((WIRE_VERSION, "s", 1.0, {}, {}, "not a list", {}, [])),
+        marshal.dumps((WIRE_VERSION + 1, "s", 1.0, {}, {}, [], {}, [], 0)),
+        marshal.dumps((WIRE_VERSION, 5, 1.0, {}, {}, [], {}, [], 0)),
+        marshal.dumps((WIRE_VERSION, "s", 1.0, {}, {}, "not a list", {}, [], 0)),
     ],
     ids=["empty", "garbage", "not-a-tuple", "other-version", "bad-source", "bad-records"],
 )

@@ -56,6 +56,7 @@ class Intake:
         self._telemetry = telemetry
         self._loop: asyncio.AbstractEventLoop | None = None
         self._followers: dict[str, asyncio.Event] = {}
+        self._last_seq: dict[str, int] = {}
         self._unfollowed = asyncio.Event()  # set while no serving process follows
         self._unfollowed.set()
         telemetry.ingest.set_delivery_request(self._ask_to_deliver)
@@ -107,6 +108,11 @@ class Intake:
         except BadBatch as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         telemetry = self._telemetry
+        if batch.seq:
+            if batch.seq <= self._last_seq.get(batch.source, 0):
+                return b""  # a re-send of a batch already taken (its answer was lost)
+            # Noted before taking: a re-send arriving while this one is taken is skipped.
+            self._last_seq[batch.source] = batch.seq
         if batch.records:
             # Off the loop: the console and admin calls share it.
             await asyncio.to_thread(telemetry.ingest.take, batch.records)
@@ -133,14 +139,24 @@ class RecordsToTelemetry:
     ) -> None:
         self._source = source
         self._cut_at = cut_at
+        self._seq = 0
+        self._last: list[tuple[object, ...]] | None = None
         self._active = active
         self._dropped = dropped
         self._channel = grpc.insecure_channel(socket_target(socket_path), CHANNEL_OPTIONS)
         self._call = self._channel.unary_unary(DELIVER)
 
     def deliver(self, records: list[tuple[object, ...]]) -> None:
+        if records is not self._last:  # BatchWorker re-sends the very list it sent
+            self._seq += 1
+            self._last = records
         data = encode_batch(
-            self._source, self._cut_at(), dict(self._active()), dict(self._dropped()), records
+            self._source,
+            self._cut_at(),
+            dict(self._active()),
+            dict(self._dropped()),
+            records,
+            seq=self._seq,
         )
         try:
             self._call(data, timeout=_DELIVER_TIMEOUT, wait_for_ready=False)

@@ -13,11 +13,14 @@ Attribute dicts are usually shared between records (one per route and status, bu
 the wire form keeps them shared.
 
 On the wire (a serving process to the telemetry process) a batch is one `marshal` dump of
-`(WIRE_VERSION, source, sent_at, active, dropped, records, restarts, gone)`: `source` names
+`(WIRE_VERSION, source, sent_at, active, dropped, records, restarts, gone, seq)`: `source` names
 the sending process, `sent_at` the `time.monotonic()` (one clock for every process of the
 machine) at which the batch was cut, `active` its in-flight calls by method, `dropped` its
 cumulative record drops by reason; from the supervisor only, `restarts` (cumulative, by
-process kind) and `gone` (sources that died: their calls are no longer in flight).
+process kind) and `gone` (sources that died: their calls are no longer in flight); `seq`
+numbers a source's batches from 1, the same on a re-send, so a batch delivered twice (its
+answer lost) is taken once.
+
 marshal because it is the fastest codec in the standard library for exactly these types and,
 unlike pickle, cannot run code while loading (decisions.md).
 """
@@ -71,6 +74,7 @@ class WireBatch:
     records: Sequence[tuple[object, ...]]
     restarts: Mapping[str, int]
     gone: Sequence[str]
+    seq: int
 
 
 def encode_batch(
@@ -81,6 +85,7 @@ def encode_batch(
     records: Sequence[tuple[object, ...]],
     restarts: Mapping[str, int] | None = None,
     gone: Sequence[str] = (),
+    seq: int = 0,
 ) -> bytes:
     return marshal.dumps(
         (
@@ -92,6 +97,7 @@ def encode_batch(
             list(records),
             dict(restarts or {}),
             list(gone),
+            seq,
         ),
         _MARSHAL_VERSION,
     )
@@ -99,7 +105,8 @@ def encode_batch(
 
 def decode_batch(data: bytes) -> WireBatch:
     try:
-        version, source, sent_at, active, dropped, records, restarts, gone = marshal.loads(data)  # noqa: S302 - see above
+        fields = marshal.loads(data)  # noqa: S302 - see above
+        version, source, sent_at, active, dropped, records, restarts, gone, seq = fields
     except (EOFError, ValueError, TypeError) as e:
         raise BadBatch(f"not a record batch: {e}") from None
     if version != WIRE_VERSION:
@@ -112,6 +119,7 @@ def decode_batch(data: bytes) -> WireBatch:
         and isinstance(records, list)
         and isinstance(restarts, dict)
         and isinstance(gone, list)
+        and isinstance(seq, int)
     ):
         raise BadBatch("record batch has the wrong shape")
-    return WireBatch(source, sent_at, active, dropped, records, restarts, gone)
+    return WireBatch(source, sent_at, active, dropped, records, restarts, gone, seq)
