@@ -54,6 +54,7 @@ __all__ = [
     "ServingPlane",
     "advertised_address",
     "server_certificates",
+    "tls_files",
 ]
 
 _log = logging.getLogger(__name__)
@@ -91,7 +92,6 @@ class ControlPlane:
         self.telemetry = telemetry = Telemetry(
             self.config.telemetry, backends.trace_store, resource
         )
-        telemetry.start()
         self.otel = otel = OtelConfigManager(telemetry, backends.config_store)
         await otel.start(self._env)
         self.replicas = replicas = backends.replicas(
@@ -149,7 +149,9 @@ class ServingPlane:
         env: Mapping[str, str],
         recorder: CallRecorder,
         add_admin: Callable[[grpc.aio.Server], None],
+        certificates: ServerCertificates | None,
     ) -> None:
+        """`certificates`: loaded by the caller, before whatever else it opens first."""
         self.config = config
         self._env = env
         self._recorder = recorder
@@ -157,7 +159,7 @@ class ServingPlane:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._router: Router | None = None
-        self.certificates: ServerCertificates | None = None
+        self.certificates = certificates
         self.port = 0
         self._stopped = False
 
@@ -166,7 +168,6 @@ class ServingPlane:
         server_cfg = self.config.server
         host, config_port = parse_listen_address(server_cfg.listen)
         port = config_port if port is None else port
-        self.certificates = server_certificates(self.config)
         self._router = Router(self.config.routes)
         admin_token = self._env.get("AIGW_ADMIN_TOKEN", "")
         api_keys = parse_api_keys(self._env.get("AIGW_API_KEYS", ""))
@@ -286,17 +287,20 @@ class Gateway:
 
     async def start(self) -> None:
         # Before anything opens: certificate files that cannot be served stop the start here.
-        server_certificates(self.config)
+        certificates = server_certificates(self.config)
         await self.control.start()
         control = self.control
         assert control.telemetry is not None
         assert control.admin is not None
+        # This process serves too: its call records go to its own telemetry side.
+        control.telemetry.start()
         admin = control.admin
         self.serving = ServingPlane(
             self.config,
             self._env,
             control.telemetry.recorder,
             lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server),
+            certificates,
         )
         port = await self.serving.start()
         host = parse_listen_address(self.config.server.listen)[0]
@@ -317,14 +321,21 @@ class Gateway:
         await self.serving.wait()
 
 
-def server_certificates(config: GatewayConfig) -> ServerCertificates | None:
+def tls_files(config: GatewayConfig) -> TlsFiles | None:
+    """The listener's certificate files, checked (TlsFileError lists every problem); None for
+    plaintext. Reads them without serving them: a supervisor checks before anything starts."""
     cfg = config.server
     if cfg.tls_cert_file is None and cfg.tls_key_file is None and cfg.client_ca_file is None:
         return None
     problems = check_files(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
     if problems or cfg.tls_cert_file is None or cfg.tls_key_file is None:
         raise TlsFileError(problems)
-    return ServerCertificates(TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file))
+    return TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
+
+
+def server_certificates(config: GatewayConfig) -> ServerCertificates | None:
+    files = tls_files(config)
+    return None if files is None else ServerCertificates(files)
 
 
 def advertised_address(host: str, port: int) -> str:

@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.processes.admin_forward import AdminForwarder
 from gateway.processes.child import prepare_child, report_failure
 from gateway.processes.intake import DeliveryRequests, RecordsToTelemetry
-from gateway.server import FLUSH_SECONDS, ServingPlane
+from gateway.server import FLUSH_SECONDS, ServingPlane, server_certificates
 from gateway.telemetry.batch_worker import BatchWorker
 from gateway.telemetry.recorder import CallRecorder
 
@@ -65,7 +65,8 @@ async def _run(
     requests = DeliveryRequests(socket_path, source, records)
     recorder = CallRecorder(config.telemetry, records.put, records.touch)
     forwarder = AdminForwarder(socket_path)
-    serving = ServingPlane(config, os.environ, recorder, forwarder.add_to)
+    certificates = server_certificates(config)  # a failure is reported by serving_main
+    serving = ServingPlane(config, os.environ, recorder, forwarder.add_to, certificates)
     records.start()
     requests.start()
     try:

@@ -42,7 +42,7 @@ from gateway.config import GatewayConfig, parse_listen_address
 from gateway.processes.intake import DELIVER, socket_target
 from gateway.processes.serving_process import serving_main, source_name
 from gateway.processes.telemetry_process import telemetry_main
-from gateway.server import FLUSH_SECONDS, advertised_address, server_certificates
+from gateway.server import FLUSH_SECONDS, advertised_address, tls_files
 from gateway.telemetry.call_records import encode_batch
 
 __all__ = ["serve"]
@@ -133,7 +133,7 @@ class Supervisor:
         host, port = parse_listen_address(server_cfg.listen)
         try:
             # Before anything opens: certificate files that cannot be served stop it here.
-            server_certificates(self._config)
+            tls_files(self._config)
         except OSError as e:
             raise _StartFailed(1, f"cannot start: {e}") from None
         try:

@@ -104,6 +104,8 @@ class Telemetry:
         self._closed = False
 
     def start(self) -> None:
+        """Take this process's own call records (`recorder`); a telemetry process whose
+        records all come from serving processes never starts it, and `local` stays idle."""
         self.local.start()
 
     def _store_counts(self) -> dict[tuple[str, ...], int]:

@@ -254,7 +254,7 @@ def record(args: argparse.Namespace, workdir: Path) -> Path:
                 f"{args.concurrency}, errors {result.errors or 0}",
                 file=sys.stderr,
             )
-        _ROLES_FILE(raw).write_text(json.dumps(roles_of(server.log)))
+        _roles_file(raw).write_text(json.dumps(roles_of(server.log)))
     finally:
         server.stop()
         if sink is not None:
@@ -277,12 +277,12 @@ def roles_of(log: Path) -> dict[int, str]:
     return roles
 
 
-def _ROLES_FILE(raw: Path) -> Path:
+def _roles_file(raw: Path) -> Path:
     return raw.with_suffix(".roles.json")
 
 
 def load_profile(raw: Path) -> Profile:
-    roles_file = _ROLES_FILE(raw)
+    roles_file = _roles_file(raw)
     roles = (
         {int(k): v for k, v in json.loads(roles_file.read_text()).items()}
         if roles_file.exists()
